@@ -1,0 +1,4 @@
+"""minclip: CLIP from scratch in NumPy (and CuPy on a GPU)."""
+from minclip.backend import get_backend, set_backend, to_numpy, xp
+from minclip.tensor import Tensor, no_grad
+from minclip.gradcheck import gradcheck

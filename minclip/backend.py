@@ -1,0 +1,188 @@
+"""The array backend: NumPy on the CPU, CuPy on an NVIDIA GPU.
+
+Every compute file in minclip writes ``xp.exp(x)`` instead of ``np.exp(x)``.
+``xp`` is a small proxy that forwards each attribute to the active library,
+so the *same lines* run on NumPy or CuPy::
+
+    from minclip.backend import xp, set_backend
+    set_backend("cupy")       # or MINCLIP_BACKEND=cupy in the environment
+    xp.zeros((2, 3))          # a cupy.ndarray now
+
+A Tensor remembers the library of its own array (``array_module(a)``), so ops
+on existing tensors always use the right one even if the default changes.
+
+Everything that *differs* between NumPy and CuPy lives here, once:
+scatter-add (``np.add.at`` vs ``cupyx.scatter_add``), sliding-window views
+(stride tricks), random number generation, and host copies (``to_numpy``).
+"""
+import math
+import os
+
+import numpy
+
+_NAMES = ("numpy", "cupy")
+_backend_name = "numpy"
+_module = numpy
+_rng = numpy.random.default_rng(0)
+
+
+class BackendError(RuntimeError):
+    """The requested backend cannot be used on this machine."""
+
+
+def _import_cupy():
+    """Import CuPy and check that a GPU is usable, or raise one clear BackendError."""
+    try:
+        import cupy
+    except ImportError:
+        raise BackendError(
+            "backend 'cupy' needs CuPy, which is not installed: "
+            "pip install cupy-cuda12x (or cupy-cuda13x for CUDA 13)") from None
+    try:
+        available = cupy.cuda.is_available()
+    except Exception:  # a broken driver raises instead of answering False
+        available = False
+    if not available:
+        raise BackendError("backend 'cupy' needs an NVIDIA GPU, and CuPy finds none "
+                           "on this machine: use --backend numpy")
+    return cupy
+
+
+def set_backend(name):
+    """Make ``name`` ("numpy" or "cupy") the backend for new arrays."""
+    global _backend_name, _module, _rng
+    if name not in _NAMES:
+        raise ValueError(f"unknown backend {name!r}: choose one of {_NAMES}")
+    _module = numpy if name == "numpy" else _import_cupy()
+    _backend_name = name
+    _rng = _module.random.default_rng(0)
+
+
+def get_backend():
+    """The name of the active backend: "numpy" or "cupy"."""
+    return _backend_name
+
+
+class _ArrayNamespace:
+    """``xp``: forwards ``xp.anything`` to the active array library."""
+
+    def __getattr__(self, attr):
+        return getattr(_module, attr)
+
+    def __repr__(self):
+        return f"<minclip xp -> {_backend_name}>"
+
+
+xp = _ArrayNamespace()
+
+
+def array_module(array):
+    """The library (numpy or cupy) that owns ``array``."""
+    if isinstance(array, numpy.ndarray) or numpy.isscalar(array):
+        return numpy
+    if type(array).__module__.startswith("cupy"):
+        import cupy
+        return cupy
+    return numpy
+
+
+def backend_name(array):
+    """ "numpy" or "cupy", for the library that owns ``array``."""
+    return "numpy" if array_module(array) is numpy else "cupy"
+
+
+def asarray(data, dtype=None):
+    """Put ``data`` (list, NumPy or CuPy array, scalar) on the active backend."""
+    return _module.asarray(data, dtype=dtype)
+
+
+def to_numpy(array):
+    """A NumPy copy of ``array`` on the host (no copy if it already is NumPy)."""
+    if isinstance(array, numpy.ndarray):
+        return array
+    if hasattr(array, "get"):  # cupy.ndarray
+        return array.get()
+    return numpy.asarray(array)
+
+
+# ---------------------------------------------------------------- randomness
+
+def seed(value):
+    """Seed minclip's random generator (initializers, dropout, shuffling)."""
+    global _rng
+    _rng = _module.random.default_rng(value)
+
+
+def rng():
+    """The active backend's random Generator."""
+    return _rng
+
+
+def get_rng_state():
+    """The generator's state as a plain dict, for checkpoints (NumPy backend only)."""
+    return to_host_state(_rng.bit_generator.state)
+
+
+def set_rng_state(state):
+    """Restore a state saved by ``get_rng_state``."""
+    _rng.bit_generator.state = state
+
+
+def to_host_state(state):
+    """Turn a bit-generator state into JSON-friendly Python values."""
+    if isinstance(state, dict):
+        return {k: to_host_state(v) for k, v in state.items()}
+    if hasattr(state, "tolist"):
+        return state.tolist()
+    return state
+
+
+# ----------------------------------------------------- NumPy/CuPy differences
+
+def scatter_add(target, indices, values):
+    """``target[indices] += values``, adding repeated indices up (in place).
+
+    Plain ``target[idx] += v`` keeps only one of several writes to the same
+    place; NumPy spells the accumulating version ``np.add.at``, CuPy
+    ``cupyx.scatter_add``.
+    """
+    if array_module(target) is numpy:
+        numpy.add.at(target, indices, values)
+    else:
+        import cupyx
+        cupyx.scatter_add(target, indices, values)
+    return target
+
+
+def sliding_window_view(x, window_shape, axis):
+    """A read-only strided view of every window (no copy), as NumPy's function."""
+    if array_module(x) is numpy:
+        return numpy.lib.stride_tricks.sliding_window_view(x, window_shape, axis=axis)
+    import cupy
+    return cupy.lib.stride_tricks.sliding_window_view(x, window_shape, axis=axis)
+
+
+def erf(x):
+    """The error function, elementwise (for the exact GELU).
+
+    CuPy has it in ``cupyx.scipy.special``. NumPy has none, and minclip does
+    not depend on SciPy, so the NumPy path applies Python's exact ``math.erf``
+    to each element: correct to the last bit, but slower than a ufunc. OpenAI's
+    weights use QuickGELU, which needs no erf.
+    """
+    if array_module(x) is numpy:
+        return _numpy_erf(x).astype(x.dtype, copy=False)
+    import cupyx.scipy.special
+    return cupyx.scipy.special.erf(x)
+
+
+_numpy_erf = numpy.frompyfunc(math.erf, 1, 1)
+
+
+def _from_environment():
+    name = os.environ.get("MINCLIP_BACKEND")
+    if name:
+        set_backend(name)
+
+
+_from_environment()
