@@ -1,0 +1,82 @@
+"""Multi-head attention with PyTorch's parameter layout.
+
+Every token asks a question (query), offers a label (key) and carries a
+message (value). Each head compares queries with keys by dot products,
+turns the scores into weights with a softmax, and averages the values:
+
+    head_h = softmax(Q_h K_hᵀ / √d + mask) V_h,     d = D / num_heads
+
+All heads run in one batched matrix product: (B, T, D) is reshaped to
+(B, H, T, d), so there is no Python loop over heads.
+
+Parameters, named as in ``torch.nn.MultiheadAttention`` (and so in OpenAI's
+CLIP weights): ``in_proj_weight`` (3D, D) stacks W_q, W_k, W_v;
+``in_proj_bias`` (3D,); ``out_proj`` is a Linear(D, D).
+"""
+from minclip import functional as F
+from minclip.backend import xp
+from minclip.nn import init
+from minclip.nn.linear import Linear, linear
+from minclip.nn.module import Module, Parameter
+
+
+class MultiheadAttention(Module):
+    """Batch-first multi-head attention: inputs and output are (B, T, D)."""
+
+    def __init__(self, embed_dim, num_heads, bias=True):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"MultiheadAttention: embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.head_dim = embed_dim // num_heads
+        self.in_proj_weight = init.xavier_uniform_(Parameter(xp.empty((3 * embed_dim, embed_dim), dtype="float32")))
+        self.in_proj_bias = Parameter(xp.zeros(3 * embed_dim, dtype="float32")) if bias else None
+        self.out_proj = Linear(embed_dim, embed_dim, bias=bias)
+        if bias:
+            init.zeros_(self.out_proj.bias)
+
+    def _split_heads(self, x):
+        B, T, _ = x.shape
+        return x.reshape(B, T, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, H, T, d)
+
+    def forward(self, query, key=None, value=None, attn_mask=None, need_weights=False):
+        """Attend from ``query`` to ``key``/``value`` (self-attention when they are omitted).
+
+        ``attn_mask``: additive (Tq, Tk) array or Tensor, 0 where allowed and
+        -inf where not (the text encoder's causal mask). Returns
+        ``(output (B, Tq, D), weights (B, Tq, Tk) averaged over heads or None)``,
+        as PyTorch does.
+        """
+        D = self.embed_dim
+        self.check_input(query, 3, (D,), f"(B, T, {D})")
+        if key is None and value is None:
+            q, k, v = self._project_self(query)
+        else:
+            key = query if key is None else key
+            value = key if value is None else value
+            self.check_input(key, 3, (D,), f"(B, T, {D})")
+            self.check_input(value, 3, (D,), f"(B, T, {D})")
+            w, b = self.in_proj_weight, self.in_proj_bias
+            q, k, v = (linear(x, w[i * D:(i + 1) * D], None if b is None else b[i * D:(i + 1) * D])
+                       for i, x in enumerate((query, key, value)))
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # (B, H, T, d)
+        mask = getattr(attn_mask, "data", attn_mask)
+        if not need_weights:
+            out = F.scaled_dot_product_attention(q, k, v, mask)                    # (B, H, Tq, d)
+            weights = None
+        else:
+            scores = (q * (self.head_dim ** -0.5)) @ k.swapaxes(-1, -2)            # (B, H, Tq, Tk)
+            probs = F.softmax(scores if mask is None else scores + mask, axis=-1)
+            out, weights = probs @ v, probs.mean(axis=1)
+        B, _, Tq, _ = out.shape
+        out = out.transpose(0, 2, 1, 3).reshape(B, Tq, D)                           # (B, Tq, D)
+        return self.out_proj(out), weights
+
+    def _project_self(self, x):
+        """q, k, v for self-attention: one matrix product, then a split."""
+        qkv = linear(x, self.in_proj_weight, self.in_proj_bias)                     # (B, T, 3D)
+        D = self.embed_dim
+        return qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:]
+
+    def extra_repr(self):
+        return f"{self.embed_dim}, num_heads={self.num_heads}"

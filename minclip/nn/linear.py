@@ -1,0 +1,77 @@
+"""``Linear`` (y = x Wᵀ + b) and ``Embedding`` (a lookup table)."""
+import math
+
+from minclip import functional as F
+from minclip.backend import xp
+from minclip.nn import init
+from minclip.nn.module import Module, Parameter
+from minclip.tensor import Function
+
+
+class LinearFunction(Function):
+    """y = x Wᵀ + b for x of shape (..., in) and W of shape (out, in).
+
+    One fused node instead of transpose + matmul + add. Its backward folds
+    the leading axes into one, so the weight gradient is a single matrix
+    product (gW = gᵀ x over all N·T rows) instead of a batched product
+    summed afterwards:
+        dx = g W,   dW = gᵀ x,   db = Σ g.
+    """
+
+    def forward(self, x, weight, bias=None):
+        self.x, self.weight = x, weight
+        out = x @ weight.T                                           # (..., out)
+        if bias is not None:
+            out += bias
+        return out
+
+    def backward(self, g):
+        x, w = self.x, self.weight
+        g2 = g.reshape(-1, g.shape[-1])                              # (N, out)
+        gx = (g @ w) if self.needs_grad[0] else None                 # (..., in)
+        gw = g2.T @ x.reshape(-1, x.shape[-1]) if self.needs_grad[1] else None  # (out, in)
+        gb = g2.sum(axis=0) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
+        return gx, gw, gb
+
+
+def linear(x, weight, bias=None):
+    """y = x Wᵀ + b (PyTorch's ``F.linear``)."""
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input {x.shape} does not end in weight's in_features "
+                         f"{weight.shape[1]} (weight {weight.shape})")
+    if bias is None:
+        return LinearFunction.apply(x, weight)
+    return LinearFunction.apply(x, weight, bias)
+
+
+class Linear(Module):
+    """A fully connected layer: weight (out_features, in_features), optional bias."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = init.kaiming_uniform_default_(Parameter(xp.empty((out_features, in_features), dtype="float32")))
+        bound = 1.0 / math.sqrt(in_features)
+        self.bias = init.uniform_(Parameter(xp.empty(out_features, dtype="float32")), -bound, bound) if bias else None
+
+    def forward(self, x):
+        self.check_input(x, None, (self.in_features,), f"(..., {self.in_features})")
+        return linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"{self.in_features}→{self.out_features}, bias={self.bias is not None}"
+
+
+class Embedding(Module):
+    """A table of ``num_embeddings`` vectors of size ``embedding_dim``, indexed by integer ids."""
+
+    def __init__(self, num_embeddings, embedding_dim):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = init.normal_(Parameter(xp.empty((num_embeddings, embedding_dim), dtype="float32")))
+
+    def forward(self, ids):
+        return F.embedding(self.weight, ids)                          # (*ids.shape, D)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}"
