@@ -1,0 +1,48 @@
+"""Image↔text retrieval metrics: Recall@K and the rank of the true match.
+
+Given N images and N captions (pair i belongs together), score every image
+against every caption with the cosine similarity (N, N). For image i, rank
+the captions by score: the rank r_i of its true caption (1 = first) tells how
+well retrieval worked. Recall@K is the fraction of queries with r_i ≤ K.
+The same from the captions' side uses the transposed matrix.
+
+When several captions are equally right (COCO has five per image; the
+built-in dataset repeats identical captions), pass ``groups``: entries with
+the same group id all count as matches, and the rank is that of the best one.
+"""
+import numpy as np
+
+from minclip import backend
+
+
+def ranks(similarity, matches):
+    """Rank (1 = best) of the best-scoring match in each row.
+
+    ``similarity`` (N, M) scores; ``matches`` (N, M) bool marks the right
+    answers. Ties count against the query: every wrong candidate that scores
+    at least as high as the best right one is ranked above it, so a model that
+    gives every caption the same score ranks last, not first.
+    """
+    best_match = np.where(matches, similarity, -np.inf).max(axis=1, keepdims=True)   # (N, 1)
+    return 1 + ((similarity >= best_match) & ~matches).sum(axis=1)                    # (N,)
+
+
+def retrieval_metrics(image_features, text_features, groups=None, ks=(1, 5, 10)):
+    """open_clip-style metrics from normalized features (N, E) of matching pairs.
+
+    ``groups`` (optional, length N): pair i's group id; an image matches every
+    caption of its group. Default: only caption i matches image i.
+    """
+    # BEGIN EXERCISE 7.2: Recall@K in both directions
+    similarity = backend.to_numpy(image_features @ text_features.T)   # (N images, N texts)
+    groups = np.arange(len(similarity)) if groups is None else np.asarray(groups)
+    matches = groups[:, None] == groups[None, :]                      # (N, N)
+    metrics = {}
+    for name, sim in (("image_to_text", similarity), ("text_to_image", similarity.T)):
+        r = ranks(sim, matches)
+        metrics[f"{name}_mean_rank"] = float(r.mean())
+        metrics[f"{name}_median_rank"] = float(np.median(r))
+        for k in ks:
+            metrics[f"{name}_R@{k}"] = float((r <= k).mean())
+    return metrics
+    # END EXERCISE
