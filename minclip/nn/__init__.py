@@ -6,3 +6,6 @@ from minclip.nn.container import ModuleList, Sequential
 from minclip.nn.linear import Embedding, Linear, linear
 from minclip.nn.module import Module, Parameter
 from minclip.nn.norm import LayerNorm
+from minclip.nn.batchnorm import BatchNorm2d, batch_norm
+from minclip.nn.conv import Conv2d, conv2d
+from minclip.nn.pool import AdaptiveAvgPool2d, AvgPool2d, adaptive_avg_pool2d, avg_pool2d

@@ -1,0 +1,128 @@
+"""``BatchNorm2d``: normalize each channel with statistics of the batch.
+
+For x (N, C, H, W), each channel c is normalized over all N·H·W of its values
+and then scaled and shifted by learned per-channel ``weight`` and ``bias``:
+
+    y = (x - mean_c) / √(var_c + eps) · weight_c + bias_c
+
+* In training, mean_c and var_c are the batch's own (var divided by N·H·W),
+  and running estimates of both are updated, PyTorch style:
+  running ← (1 - momentum)·running + momentum·batch (with the unbiased
+  variance, divided by N·H·W - 1).
+* In evaluation, the running estimates are used, so a prediction does not
+  depend on the other images in the batch.
+
+State, named as in PyTorch (and so in OpenAI's ResNet weights): parameters
+``weight``, ``bias``; buffers ``running_mean``, ``running_var`` and
+``num_batches_tracked`` (an int64 scalar array).
+"""
+from minclip.backend import array_module, xp
+from minclip.nn.module import Module, Parameter
+from minclip.tensor import Function, Tensor
+
+
+def batch_statistics(x, running_mean, running_var, momentum):
+    """Each channel's mean and (biased) variance over N, H, W of x (N, C, H, W),
+    and the update of the running estimates (in place, as PyTorch does):
+
+        running_mean ← (1 - momentum) · running_mean + momentum · mean
+        running_var  ← (1 - momentum) · running_var  + momentum · var · n / (n - 1)
+
+    where n = N·H·W: normalization divides by n, the running variance is the
+    unbiased estimate (divided by n - 1). Returns (mean, var), each (C,).
+    Hint: update the arrays in place (``*=``, ``+=``): they are the module's buffers.
+    """
+    # BEGIN EXERCISE 3.4: batch statistics and running averages
+    n = x.size // x.shape[1]
+    mean = x.mean(axis=(0, 2, 3))                                          # (C,)
+    var = x.var(axis=(0, 2, 3))                                            # (C,), divided by n
+    running_mean *= 1 - momentum
+    running_mean += momentum * mean
+    running_var *= 1 - momentum
+    running_var += (momentum * n / (n - 1)) * var
+    return mean, var
+    # END EXERCISE
+
+
+class BatchNormFunction(Function):
+    """y = x̂ · w + b with x̂ = (x - mean) / √(var + eps), per channel of x (N, C, H, W).
+
+    With ĝ = g · w and means over N, H, W:
+        dw = Σ g · x̂,   db = Σ g,
+        dx = (ĝ - mean(ĝ) - x̂ · mean(ĝ · x̂)) / √(var + eps)   with batch statistics,
+        dx = ĝ / √(var + eps)                                   with running statistics.
+    The two extra terms in training come from mean and var depending on x
+    (the same derivation as layer norm's, over N, H, W instead of features).
+    """
+
+    def forward(self, x, weight, bias, *, mean, var, eps, batch_stats):
+        per_channel = (1, -1, 1, 1)
+        self.rstd = (1 / array_module(x).sqrt(var + eps)).astype(x.dtype).reshape(per_channel)
+        self.xhat = (x - mean.reshape(per_channel)) * self.rstd            # (N, C, H, W)
+        self.weight, self.batch_stats = weight.reshape(per_channel), batch_stats
+        return self.xhat * self.weight + bias.reshape(per_channel)
+
+    def backward(self, g):
+        xhat, axes = self.xhat, (0, 2, 3)
+        gw = (g * xhat).sum(axis=axes) if self.needs_grad[1] else None
+        gb = g.sum(axis=axes) if self.needs_grad[2] else None
+        gx = None
+        if self.needs_grad[0]:
+            gh = g * self.weight
+            if self.batch_stats:
+                gh = gh - gh.mean(axis=axes, keepdims=True) - xhat * (gh * xhat).mean(axis=axes, keepdims=True)
+            gx = gh * self.rstd
+        return gx, gw, gb
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """Batch normalization of x (N, C, H, W), as PyTorch's ``F.batch_norm``.
+
+    ``training=True``: normalize with the batch's statistics and update
+    ``running_mean`` and ``running_var`` (arrays of shape (C,)) in place.
+    ``training=False``: normalize with the running statistics.
+    ``weight`` and ``bias`` (C,) are optional (no scale and shift without them).
+    """
+    C = x.shape[1] if x.ndim == 4 else None
+    if C is None or running_mean.shape != (C,) or running_var.shape != (C,):
+        raise ValueError(f"batch_norm: expected input (N, C, H, W) and running statistics (C,), got input "
+                         f"{x.shape}, running_mean {running_mean.shape}, running_var {running_var.shape}")
+    if training and x.size // C < 2:
+        raise ValueError(f"batch_norm: training needs more than one value per channel, got input {x.shape}")
+    if training:
+        mean, var = batch_statistics(x.data, running_mean, running_var, momentum)
+    else:
+        mean, var = running_mean, running_var
+    weight = Tensor(xp.ones(C, dtype=x.dtype)) if weight is None else weight
+    bias = Tensor(xp.zeros(C, dtype=x.dtype)) if bias is None else bias
+    return BatchNormFunction.apply(x, weight, bias, mean=mean, var=var, eps=eps, batch_stats=training)
+
+
+class BatchNorm2d(Module):
+    """Per-channel batch normalization of (N, num_features, H, W) inputs.
+
+    ``momentum=None`` makes the running statistics a plain average of all
+    batches seen so far (PyTorch's cumulative moving average).
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = Parameter(xp.ones(num_features, dtype="float32"))
+        self.bias = Parameter(xp.zeros(num_features, dtype="float32"))
+        self.register_buffer("running_mean", xp.zeros(num_features, dtype="float32"))
+        self.register_buffer("running_var", xp.ones(num_features, dtype="float32"))
+        self.register_buffer("num_batches_tracked", xp.zeros((), dtype="int64"))
+
+    def forward(self, x):
+        self.check_input(x, 4, (self.num_features, None, None), f"(N, {self.num_features}, H, W)")
+        momentum = self.momentum
+        if self.training:
+            self.num_batches_tracked += 1
+            if momentum is None:
+                momentum = 1.0 / int(self.num_batches_tracked)
+        return batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                          training=self.training, momentum=momentum, eps=self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"

@@ -1,0 +1,201 @@
+"""``Conv2d``: a 2-D convolution as one matrix product (im2col).
+
+A convolution slides each (C, kh, kw) filter over the image and takes a dot
+product at every position. Copy every patch of every image into one column
+of a matrix ("im2col"),
+
+    cols[(c, i, j), (n, y, x)] = x_pad[n, c, y·s + i·d, x·s + j·d]      # (C·kh·kw, N·Ho·Wo)
+
+and all filters at all positions of the whole batch become one product:
+
+    out = W.reshape(O, C·kh·kw) @ cols                                  # (O, N·Ho·Wo)
+
+with s the stride, d the dilation, p the padding and
+Ho = ⌊(H + 2p - d·(kh - 1) - 1) / s⌋ + 1 (Wo likewise). The backward is two
+more products and the reverse of im2col:
+
+    dW = g @ colsᵀ,    dcols = Wᵀ @ g,    dx = col2im(dcols)
+
+where col2im adds each column entry back onto the pixel it was copied from
+(a pixel inside several patches, when the kernel is larger than the stride,
+receives the sum). Putting the batch inside the columns (rather than one
+product per image) makes all three products single large matrix products.
+"""
+import math
+
+from minclip.backend import array_module, sliding_window_view, xp
+from minclip.nn import init
+from minclip.nn.module import Module, Parameter
+from minclip.tensor import Function
+
+
+def as_pair(value):
+    """3 -> (3, 3); (3, 5) stays (3, 5)."""
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def conv_output_size(size, kernel, stride, padding, dilation):
+    """How many positions a window of ``kernel`` taps (``dilation`` apart) fits into ``size + 2·padding``."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def im2col(x, kernel_size, stride, padding, dilation):
+    """Copy every (C, kh, kw) patch of x (N, C, H, W) into a column: cols (C·kh·kw, N·Ho·Wo).
+
+    Row (c, i, j) of cols holds pixel (c, i·d, j·d) of every patch; column
+    (n, y, x) is the patch whose top-left corner is at (y·s, x·s) of image n
+    after zero padding. All arguments after x are (height, width) pairs.
+
+    Hint: pad with ``xp.pad``, then ``sliding_window_view(x, window, axis=(2, 3))``
+    gives a view of every window (nothing is copied) of shape
+    (N, C, H', W', window_h, window_w); slice it with steps to apply the
+    stride and the dilation, transpose the axes into the order of cols, and
+    make that one copy with ``xp.ascontiguousarray``.
+    """
+    # BEGIN EXERCISE 3.1: im2col, every patch as a column
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    N, C = x.shape[:2]
+    if ph or pw:
+        x = array_module(x).pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))   # (N, C, H + 2p, W + 2p)
+    span = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)                          # a dilated window's extent
+    windows = sliding_window_view(x, span, axis=(2, 3))                   # (N, C, H', W', span_h, span_w), a view
+    windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]                       # (N, C, Ho, Wo, kh, kw), still a view
+    Ho, Wo = windows.shape[2:4]
+    cols = array_module(x).ascontiguousarray(windows.transpose(1, 4, 5, 0, 2, 3))  # (C, kh, kw, N, Ho, Wo): the copy
+    return cols.reshape(C * kh * kw, N * Ho * Wo)
+    # END EXERCISE
+
+
+def col2im(cols, input_shape, kernel_size, stride, padding, dilation):
+    """The reverse of im2col: add each entry of cols (C·kh·kw, N·Ho·Wo) back onto
+    the pixel of the (N, C, H, W) input it was copied from.
+
+    This is the input gradient of im2col (its adjoint): a pixel that sat in
+    several patches receives the sum of their gradients. Two cases:
+
+    * windows that tile the input without overlap (stride = kernel, no
+      dilation, as in a ViT's patch embedding or a 2×2 average pool): each
+      pixel was copied at most once, so col2im is a transpose and a reshape;
+    * otherwise, loop over the kh·kw kernel offsets (i, j): the entries of
+      offset (i, j) at all N·Ho·Wo positions land on one strided slice of the
+      padded input, so each offset is one vectorized slice addition. (This is
+      some 25× faster than a scatter-add of every entry with
+      ``backend.scatter_add`` for a 3×3 convolution on 32×32 images.)
+
+    Finally drop the padding.
+    """
+    # BEGIN EXERCISE 3.3: col2im, the input gradient of im2col
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    N, C, H, W = input_shape
+    Ho = conv_output_size(H, kh, sh, ph, dh)
+    Wo = conv_output_size(W, kw, sw, pw, dw)
+    cols = cols.reshape(C, kh, kw, N, Ho, Wo)
+    grad = array_module(cols).zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
+    if (sh, sw) == (kh, kw) and (dh, dw) == (1, 1):
+        tiles = cols.transpose(3, 0, 4, 1, 5, 2)                            # (N, C, Ho, kh, Wo, kw)
+        grad[:, :, :Ho * kh, :Wo * kw] = tiles.reshape(N, C, Ho * kh, Wo * kw)
+    else:
+        for i in range(kh):
+            for j in range(kw):
+                rows = slice(i * dh, i * dh + sh * Ho, sh)                 # the Ho rows offset i touches
+                columns = slice(j * dw, j * dw + sw * Wo, sw)
+                grad[:, :, rows, columns] += cols[:, i, j].transpose(1, 0, 2, 3)  # (N, C, Ho, Wo)
+    return grad[:, :, ph:ph + H, pw:pw + W]
+    # END EXERCISE
+
+
+class Conv2dFunction(Function):
+    """out = W @ im2col(x) + b, as (N, O, Ho, Wo); see the module docstring for the backward."""
+
+    def forward(self, x, weight, bias=None, *, stride, padding, dilation):
+        """x (N, C, H, W), weight (O, C, kh, kw), bias (O,) or None -> (N, O, Ho, Wo).
+
+        Backward needs the columns and the weight: save ``self.cols``,
+        ``self.weight`` and ``self.x_shape`` (and the stride, padding and
+        dilation as ``self.geometry``). Hints: im2col gives cols
+        (C·kh·kw, N·Ho·Wo); the product with the flattened weight gives
+        (O, N·Ho·Wo), which must become (N, O, Ho, Wo) (make it contiguous
+        with ``xp.ascontiguousarray`` so later layers read it fast).
+        """
+        # BEGIN EXERCISE 3.2: convolution as one matrix product
+        N, _, H, W = x.shape
+        O, _, kh, kw = weight.shape
+        Ho = conv_output_size(H, kh, stride[0], padding[0], dilation[0])
+        Wo = conv_output_size(W, kw, stride[1], padding[1], dilation[1])
+        cols = im2col(x, (kh, kw), stride, padding, dilation)               # (C·kh·kw, N·Ho·Wo)
+        out = weight.reshape(O, -1) @ cols                                  # (O, N·Ho·Wo): the one product
+        if bias is not None:
+            out += bias[:, None]
+        self.cols, self.weight, self.x_shape = cols, weight, x.shape
+        self.geometry = stride, padding, dilation
+        out = out.reshape(O, N, Ho, Wo).transpose(1, 0, 2, 3)               # (N, O, Ho, Wo)
+        return array_module(out).ascontiguousarray(out)
+        # END EXERCISE
+
+    def backward(self, g):
+        """dW = g colsᵀ,  db = Σ g,  dx = col2im(Wᵀ g), with g as (O, N·Ho·Wo)."""
+        N, O, Ho, Wo = g.shape
+        g = g.transpose(1, 0, 2, 3).reshape(O, N * Ho * Wo)                # (O, N·Ho·Wo)
+        weight = self.weight.reshape(O, -1)                                # (O, C·kh·kw)
+        gx = gw = gb = None
+        if self.needs_grad[0]:
+            gcols = weight.T @ g                                           # (C·kh·kw, N·Ho·Wo)
+            gx = col2im(gcols, self.x_shape, self.weight.shape[2:], *self.geometry)
+        if self.needs_grad[1]:
+            gw = (g @ self.cols.T).reshape(self.weight.shape)              # (O, C, kh, kw)
+        if len(self.needs_grad) > 2 and self.needs_grad[2]:
+            gb = g.sum(axis=1)                                             # (O,)
+        return gx, gw, gb
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
+    """2-D convolution (cross-correlation, as in every deep-learning library).
+
+    x (N, C, H, W), weight (O, C, kh, kw), optional bias (O,) -> (N, O, Ho, Wo).
+    ``stride``, ``padding`` (zeros on every side) and ``dilation`` (the gap
+    between kernel taps) are ints or (height, width) pairs.
+    """
+    stride, padding, dilation = as_pair(stride), as_pair(padding), as_pair(dilation)
+    if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"conv2d: expected input (N, C, H, W) and weight (O, C, kh, kw) with the same C, "
+                         f"got input {x.shape} and weight {weight.shape}")
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(f"conv2d: expected bias ({weight.shape[0]},) for weight {weight.shape}, got {bias.shape}")
+    sizes = [conv_output_size(n, k, s, p, d)
+             for n, k, s, p, d in zip(x.shape[2:], weight.shape[2:], stride, padding, dilation)]
+    if min(sizes) < 1:
+        raise ValueError(f"conv2d: input {x.shape[2]}×{x.shape[3]} with padding {padding} is smaller than "
+                         f"the {weight.shape[2]}×{weight.shape[3]} kernel (dilation {dilation})")
+    inputs = (x, weight) if bias is None else (x, weight, bias)
+    return Conv2dFunction.apply(*inputs, stride=stride, padding=padding, dilation=dilation)
+
+
+class Conv2d(Module):
+    """A 2-D convolution layer: weight (out_channels, in_channels, kh, kw), optional bias (out_channels,).
+
+    Initialized as PyTorch does: weight and bias ~ U(-1/√fan_in, 1/√fan_in)
+    with fan_in = in_channels·kh·kw.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = as_pair(kernel_size), as_pair(stride)
+        self.padding, self.dilation = as_pair(padding), as_pair(dilation)
+        shape = (out_channels, in_channels) + self.kernel_size
+        self.weight = init.kaiming_uniform_default_(Parameter(xp.empty(shape, dtype="float32")))
+        bound = 1.0 / math.sqrt(in_channels * self.kernel_size[0] * self.kernel_size[1])
+        self.bias = init.uniform_(Parameter(xp.empty(out_channels, dtype="float32")), -bound, bound) if bias else None
+
+    def forward(self, x):
+        self.check_input(x, 4, (self.in_channels, None, None), f"(N, {self.in_channels}, H, W)")
+        return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self):
+        kh, kw = self.kernel_size
+        text = f"{self.in_channels}→{self.out_channels}, k={kh if kh == kw else self.kernel_size}"
+        for name, default in (("stride", (1, 1)), ("padding", (0, 0)), ("dilation", (1, 1))):
+            value = getattr(self, name)
+            if value != default:
+                text += f", {name}={value[0] if value[0] == value[1] else value}"
+        return text + ("" if self.bias is not None else ", bias=False")
