@@ -2,3 +2,5 @@
 from minclip.backend import get_backend, set_backend, to_numpy, xp
 from minclip.tensor import Tensor, no_grad
 from minclip.gradcheck import gradcheck
+# weight files: minclip.save(model, path) / minclip.load(path)
+from minclip.checkpoint import load, save

@@ -127,7 +127,7 @@ def write_tensors(path, tensors, metadata=None):
     path = os.fspath(path)
     temporary = f"{path}.tmp{os.getpid()}"
     try:
-        save_file({k: numpy.ascontiguousarray(v) for k, v in tensors.items()}, temporary, metadata=metadata)
+        save_file({k: numpy.asarray(v, order="C") for k, v in tensors.items()}, temporary, metadata=metadata)
         with open(temporary, "r+b") as f:
             os.fsync(f.fileno())
         os.replace(temporary, path)
@@ -153,21 +153,29 @@ def save(model, path, dtype="float32"):
 
 
 def load(path):
-    """A CLIP model from a weights file: minclip's ``save``, a checkpoint, or open_clip's safetensors.
-
-    With a config in the metadata the model is built from it; without one
-    (an open_clip file) the config is inferred from the arrays' shapes, as
-    OpenAI's ``build_model`` does.
-    """
-    from minclip.model import CLIP, CLIPConfig
+    """A CLIP model from a weights file: minclip's ``save``, a checkpoint, or open_clip's safetensors."""
     tensors, metadata = read_tensors(path)
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
-    if "config" not in metadata:
-        try:
-            return CLIP.from_openai_state_dict(weights)
-        except (KeyError, ValueError) as error:
-            raise WeightsFileError(f"{path}: not a CLIP state dict with OpenAI's key names: {error}") from None
-    model = CLIP(CLIPConfig.from_dict(json.loads(metadata["config"])))
+    return clip_from_weights(weights, path, metadata.get("config"))
+
+
+def clip_from_weights(weights, path, config_json=None):
+    """Build the CLIP that ``weights`` (read from ``path``) describe, and load them into it.
+
+    With ``config_json`` (minclip's metadata) the model is built from it;
+    without (open_clip's and OpenAI's files) the config is inferred from the
+    arrays' shapes, as OpenAI's ``build_model`` does. The integers that
+    OpenAI's archives carry next to the weights are dropped.
+    """
+    from minclip.model import CLIP, CLIPConfig
+    from minclip.model.clip import OPENAI_BOOKKEEPING_KEYS
+    weights = {k: v for k, v in weights.items() if k not in OPENAI_BOOKKEEPING_KEYS}
+    try:
+        config = (CLIPConfig.from_dict(json.loads(config_json)) if config_json is not None
+                  else CLIPConfig.from_state_dict(weights))
+    except (KeyError, ValueError, TypeError) as error:
+        raise WeightsFileError(f"{path}: cannot tell which CLIP this file holds: {error}") from None
+    model = CLIP(config)
     load_weights(model, weights, path)
     return model
 

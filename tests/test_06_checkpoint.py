@@ -67,6 +67,43 @@ def test_the_optimizer_state_round_trips_exactly(tmp_path):
                 f"optimizer state {index}.{name} changed on the way: saved {value!r}, loaded {got!r}")
 
 
+def test_a_clip_checkpoint_round_trips(tmp_path):
+    from minclip.model import CLIP, CLIPConfig
+    config = CLIPConfig.preset("tiny-vit", loss="siglip")     # 0-d logit_scale and logit_bias, and their moments
+    model = CLIP(config)
+    optimizer = AdamW(model.parameters(), lr=1e-3)
+    for p in model.parameters():
+        p.grad = backend.rng().standard_normal(p.shape).astype(p.dtype)
+    optimizer.step()
+    save_checkpoint(tmp_path / "c.safetensors", model, optimizer, {"config": config.to_dict()})
+    backend.seed(1)
+    resumed = CLIP(config)
+    resumed_optimizer = AdamW(resumed.parameters(), lr=1e-3)
+    meta = load_checkpoint(tmp_path / "c.safetensors", resumed, resumed_optimizer)
+    assert CLIPConfig.from_dict(meta["config"]) == config
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        assert np.array_equal(a, b) and a.shape == b.shape, f"{name}: {a.shape} saved, {b.shape} loaded"
+    moments = resumed_optimizer.state_dict()["state"]
+    scale_index = [i for i, p in enumerate(resumed.parameters()) if p is resumed.logit_scale][0]
+    assert moments[scale_index]["exp_avg"].shape == (), "a 0-d parameter keeps 0-d moments"
+
+
+def test_evaluation_gets_the_model_and_its_trained_tokenizer(tmp_path):
+    from minclip.checkpoint import load_checkpoint_model
+    from minclip.model import CLIP, CLIPConfig
+    from minclip.tokenizer import CLIPTokenizer
+    tokenizer = CLIPTokenizer.train(["a red circle", "a blue square"] * 5, vocab_size=520)
+    tokenizer.save(str(tmp_path / "tokenizer.txt"))
+    model = CLIP(CLIPConfig.preset("tiny-vit", vocab_size=520))
+    save_checkpoint(tmp_path / "latest.safetensors", model, meta={"tokenizer": str(tmp_path / "tokenizer.txt")})
+    loaded, loaded_tokenizer = load_checkpoint_model(tmp_path / "latest.safetensors")
+    assert loaded.config == model.config
+    assert loaded_tokenizer.encode("a red circle") == tokenizer.encode("a red circle")
+    os.remove(tmp_path / "tokenizer.txt")
+    with pytest.raises(FileNotFoundError, match="tokenizer.txt"):
+        load_checkpoint_model(tmp_path / "latest.safetensors")
+
+
 def test_the_file_layout(tmp_path):
     model = small_model()
     optimizer = AdamW(model.parameters(), lr=1e-3)
