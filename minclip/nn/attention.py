@@ -36,8 +36,14 @@ class MultiheadAttention(Module):
             init.zeros_(self.out_proj.bias)
 
     def _split_heads(self, x):
+        """(B, T, D) -> (B, H, T, d): head h gets features h·d to (h+1)·d - 1 of every token.
+
+        Hint: a reshape to (B, T, H, d), then move the head axis before T.
+        """
+        # BEGIN EXERCISE 3.6: multi-head split
         B, T, _ = x.shape
         return x.reshape(B, T, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, H, T, d)
+        # END EXERCISE
 
     def forward(self, query, key=None, value=None, attn_mask=None, need_weights=False):
         """Attend from ``query`` to ``key``/``value`` (self-attention when they are omitted).

@@ -115,9 +115,17 @@ class Module:
 
     # ------------------------------------------------------------ state dict
     def state_dict(self):
-        """Every parameter and buffer as a NumPy array, under PyTorch-style dotted keys."""
-        state = OrderedDict((k, backend.to_numpy(p.data)) for k, p in self.named_parameters())
-        state.update((k, backend.to_numpy(b)) for k, b in self.named_buffers())
+        """Every parameter and buffer as a NumPy array, under PyTorch-style dotted keys.
+
+        As in PyTorch, each module lists its parameters then its buffers, and a
+        parameter shared by two modules appears under both names (so that
+        ``load_state_dict`` finds every key it expects).
+        """
+        state = OrderedDict()
+        for prefix, module in self.named_modules():
+            arrays = {**{n: p.data for n, p in module._parameters.items()}, **module._buffers}
+            for name, array in arrays.items():
+                state[f"{prefix}.{name}" if prefix else name] = backend.to_numpy(array)
         return state
 
     def load_state_dict(self, state_dict, strict=True):
@@ -203,13 +211,13 @@ class Module:
 
 
 def _parameter_setter(p):
-    def set_value(value):
-        p.data = backend.array_module(p.data).asarray(value, dtype=p.dtype)
+    def set_value(value):  # a copy (as torch's copy_): in-place updates must not reach the caller's array
+        p.data = backend.array_module(p.data).array(value, dtype=p.dtype)
     return set_value
 
 
 def _buffer_setter(module, name):
     def set_value(value):
         old = module._buffers[name]
-        module.register_buffer(name, backend.array_module(old).asarray(value, dtype=old.dtype))
+        module.register_buffer(name, backend.array_module(old).array(value, dtype=old.dtype))
     return set_value
