@@ -8,7 +8,6 @@ from minclip.data.cifar import Cifar10
 from minclip.data.csv import CsvDataset
 from minclip.data.folder import ImageFolder
 from minclip.data.loader import BadImageError, DataLoader, Dataset, ImageTextDataset, read_image
-from minclip.data.shapes import COLOURS, HELD_OUT, SHAPES, TEMPLATES, class_names, generate, load_split
 from minclip.data.transforms import OPENAI_MEAN, OPENAI_STD, clip_transform, denormalize, normalize
 
 __all__ = [
@@ -17,3 +16,17 @@ __all__ = [
     "class_names", "generate", "load_split", "OPENAI_MEAN", "OPENAI_STD", "clip_transform",
     "denormalize", "normalize",
 ]
+
+_FROM_SHAPES = {"COLOURS", "HELD_OUT", "SHAPES", "TEMPLATES", "class_names", "generate", "load_split"}
+
+
+def __getattr__(name):
+    """The shapes names, imported on first use (PEP 562).
+
+    Importing ``minclip.data.shapes`` here eagerly would make
+    ``python -m minclip.data.shapes`` load that module twice (runpy warns).
+    """
+    if name in _FROM_SHAPES:
+        from minclip.data import shapes
+        return getattr(shapes, name)
+    raise AttributeError(f"module 'minclip.data' has no attribute {name!r}")

@@ -23,6 +23,7 @@ import argparse
 import csv
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,15 +276,16 @@ def export(out, image_size=64, n=10_000, n_eval=1_000, cache_dir=DATA_DIR):
             writer = csv.writer(f, delimiter="\t", lineterminator="\n")
             writer.writerow(["filepath", "title"])
             for i, (image, caption) in enumerate(zip(ds.images, ds.captions)):
-                Image.fromarray(image).save(out / split / f"{i:06d}.png")
+                # compress_level=1: twice as fast as the default, and no larger on noisy images
+                Image.fromarray(image).save(out / split / f"{i:06d}.png", compress_level=1)
                 writer.writerow([f"{split}/{i:06d}.png", caption])
         if split in ("test", "unseen"):
             root = out / f"zeroshot_{split}"
             present = sorted({names[k].replace(" ", "_") for k in ds.labels})
-            for i, (image, label) in enumerate(zip(ds.images, ds.labels)):
+            for i, label in enumerate(ds.labels):
                 folder = root / names[label].replace(" ", "_")
                 folder.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(image).save(folder / f"{i:06d}.png")
+                shutil.copyfile(out / split / f"{i:06d}.png", folder / f"{i:06d}.png")
             _write_lines(root / "classnames.txt", [name.replace("_", " ") for name in present])
             _write_lines(root / "templates.txt", TEMPLATES)
 
