@@ -16,6 +16,7 @@ import pytest
 
 from minclip import nn
 from minclip.gradcheck import gradcheck
+from minclip.nn import conv
 from minclip.nn.batchnorm import batch_statistics
 from minclip.nn.conv import col2im, im2col
 from minclip.tensor import Tensor
@@ -174,6 +175,15 @@ def test_conv2d_gradients_match_torch(torch, case):
 def test_conv2d_float32_stays_float32_and_matches_torch(torch, case):
     layer, twin, x = conv_pair(torch, case, "float32")
     assert_matches(*forward_backward(torch, layer, twin, x), "float32", repr(layer))
+
+
+@pytest.mark.exercise("3.3")
+@pytest.mark.parametrize("case", [CONVOLUTIONS[1], CONVOLUTIONS[7]], ids=["3x3", "patches"])
+def test_conv2d_in_chunks_of_the_batch_matches_torch(torch, case, monkeypatch):
+    """Large batches go through im2col a few images at a time (conv.CHUNK_BYTES): here one image at a time."""
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
+    layer, twin, x = conv_pair(torch, case, "float64")
+    assert_matches(*forward_backward(torch, layer, twin, x), "float64", f"{layer} in chunks of one image")
 
 
 @pytest.mark.exercise("3.3")
