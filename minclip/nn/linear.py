@@ -11,26 +11,26 @@ from minclip.tensor import Function
 class LinearFunction(Function):
     """y = x Wᵀ + b for x of shape (..., in) and W of shape (out, in).
 
-    One fused node instead of transpose + matmul + add. Its backward folds
-    the leading axes into one, so the weight gradient is a single matrix
-    product (gW = gᵀ x over all N·T rows) instead of a batched product
-    summed afterwards:
+    One fused node instead of transpose + matmul + add. Forward and
+    backward fold the leading axes into one, so each product is a single 2-D
+    matrix product: NumPy multiplies a 3-D array by a transposed 2-D one
+    batch by batch, about 10x slower than one (N·T, in) x (in, out) product.
         dx = g W,   dW = gᵀ x,   db = Σ g.
     """
 
     def forward(self, x, weight, bias=None):
         self.x, self.weight = x, weight
-        out = x @ weight.T                                           # (..., out)
+        out = x.reshape(-1, x.shape[-1]) @ weight.T                  # (N, out), N = all leading axes
         if bias is not None:
             out += bias
-        return out
+        return out.reshape(*x.shape[:-1], weight.shape[0])           # (..., out)
 
     def backward(self, g):
         """(dx, dW, db) from g = dL/dy; None for an input that needs no gradient (and no bias)."""
         # BEGIN EXERCISE 3.5: Linear's fused backward
         x, w = self.x, self.weight
         g2 = g.reshape(-1, g.shape[-1])                              # (N, out)
-        gx = (g @ w) if self.needs_grad[0] else None                 # (..., in)
+        gx = (g2 @ w).reshape(x.shape) if self.needs_grad[0] else None  # (..., in)
         gw = g2.T @ x.reshape(-1, x.shape[-1]) if self.needs_grad[1] else None  # (out, in)
         gb = g2.sum(axis=0) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
         return gx, gw, gb
