@@ -47,31 +47,38 @@ def batch_statistics(x, running_mean, running_var, momentum):
 class BatchNormFunction(Function):
     """y = x̂ · w + b with x̂ = (x - mean) / √(var + eps), per channel of x (N, C, H, W).
 
-    With ĝ = g · w and means over N, H, W:
+    With n = N·H·W and sums over N, H, W:
         dw = Σ g · x̂,   db = Σ g,
-        dx = (ĝ - mean(ĝ) - x̂ · mean(ĝ · x̂)) / √(var + eps)   with batch statistics,
-        dx = ĝ / √(var + eps)                                   with running statistics.
+        dx = w / √(var + eps) · (g - db / n - x̂ · dw / n)   with batch statistics,
+        dx = w / √(var + eps) · g                           with running statistics.
     The two extra terms in training come from mean and var depending on x
-    (the same derivation as layer norm's, over N, H, W instead of features).
+    (the same derivation as layer norm's, over N, H, W instead of features);
+    they reuse the sums dw and db, so the whole backward is a few passes.
     """
 
     def forward(self, x, weight, bias, *, mean, var, eps, batch_stats):
         per_channel = (1, -1, 1, 1)
-        self.rstd = (1 / array_module(x).sqrt(var + eps)).astype(x.dtype).reshape(per_channel)
-        self.xhat = (x - mean.reshape(per_channel)) * self.rstd            # (N, C, H, W)
-        self.weight, self.batch_stats = weight.reshape(per_channel), batch_stats
-        return self.xhat * self.weight + bias.reshape(per_channel)
+        rstd = (1 / array_module(x).sqrt(var + eps)).astype(x.dtype, copy=False)   # (C,)
+        self.xhat = x - mean.astype(x.dtype, copy=False).reshape(per_channel)   # (N, C, H, W)
+        self.xhat *= rstd.reshape(per_channel)                             # in place: one array, not two
+        self.scale = (weight * rstd).reshape(per_channel)                  # w / √(var + eps)
+        self.batch_stats = batch_stats
+        out = self.xhat * weight.reshape(per_channel)
+        out += bias.reshape(per_channel)
+        return out
 
     def backward(self, g):
-        xhat, axes = self.xhat, (0, 2, 3)
-        gw = (g * xhat).sum(axis=axes) if self.needs_grad[1] else None
-        gb = g.sum(axis=axes) if self.needs_grad[2] else None
+        xhat, axes, per_channel = self.xhat, (0, 2, 3), (1, -1, 1, 1)
+        gw = (g * xhat).sum(axis=axes)                                     # (C,)
+        gb = g.sum(axis=axes)                                              # (C,)
         gx = None
-        if self.needs_grad[0]:
-            gh = g * self.weight
-            if self.batch_stats:
-                gh = gh - gh.mean(axis=axes, keepdims=True) - xhat * (gh * xhat).mean(axis=axes, keepdims=True)
-            gx = gh * self.rstd
+        if self.needs_grad[0] and self.batch_stats:
+            n = g.size // g.shape[1]
+            gx = g - (gb / n).reshape(per_channel)
+            gx -= xhat * (gw / n).reshape(per_channel)
+            gx *= self.scale
+        elif self.needs_grad[0]:
+            gx = g * self.scale
         return gx, gw, gb
 
 
