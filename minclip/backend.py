@@ -171,7 +171,7 @@ def erf(x):
     weights use QuickGELU, which needs no erf.
     """
     if array_module(x) is numpy:
-        return _numpy_erf(x).astype(x.dtype, copy=False)
+        return numpy.asarray(_numpy_erf(x), dtype=x.dtype)  # a 0-d input gives a bare float
     import cupyx.scipy.special
     return cupyx.scipy.special.erf(x)
 

@@ -155,8 +155,11 @@ class Softmax(Function):
         return e
 
     def backward(self, g):
+        """dL/dx = y · (g - Σ g·y) along ``self.axis``, from the saved output ``self.y``."""
+        # BEGIN EXERCISE 2.6: Softmax backward
         y = self.y
         return (y * (g - (g * y).sum(axis=self.axis, keepdims=True)),)
+        # END EXERCISE
 
 
 def softmax(x, axis=-1):
@@ -167,7 +170,20 @@ def _logsumexp(x, axis):
     """log Σ exp(x) along axis (kept), computed stably."""
     xp = array_module(x)
     m = x.max(axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)     # an all -inf row gives -inf, not -inf - -inf = nan
     return m + xp.log(xp.exp(x - m).sum(axis=axis, keepdims=True))
+
+
+def _log_softmax(x, axis):
+    """x - logsumexp(x) along axis, computed as (x - max) - log Σ exp(x - max).
+
+    The same value as ``x - _logsumexp(x)``, but the log-probabilities near 0
+    stay exact for huge x: in float32, 1e4 - (1e4 + log 2) loses the last
+    digits of log 2, while (1e4 - 1e4) - log 2 does not.
+    """
+    xp = array_module(x)
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
 
 
 class LogSoftmax(Function):
@@ -175,7 +191,7 @@ class LogSoftmax(Function):
 
     def forward(self, x, axis):
         self.axis = axis
-        self.y = x - _logsumexp(x, axis)
+        self.y = _log_softmax(x, axis)
         return self.y
 
     def backward(self, g):
@@ -215,17 +231,24 @@ class CrossEntropy(Function):
     def forward(self, logits, targets):
         xp = array_module(logits)
         n = logits.shape[0]
-        log_probs = logits - _logsumexp(logits, axis=1)              # (N, C)
+        log_probs = _log_softmax(logits, axis=1)                     # (N, C)
         self.log_probs, self.targets = log_probs, targets
         return -log_probs[xp.arange(n), targets].mean()
 
     def backward(self, g):
+        """dL/dlogits = g · (softmax(logits) - onehot(targets)) / N.
+
+        Hint: softmax is ``exp(self.log_probs)``; subtract 1 at
+        [row i, column targets[i]] for every i, then scale.
+        """
+        # BEGIN EXERCISE 2.8: Cross-entropy backward
         xp = array_module(g)
         n = self.log_probs.shape[0]
         grad = xp.exp(self.log_probs)                                # softmax (N, C)
         grad[xp.arange(n), self.targets] -= 1
         grad *= g / n
         return (grad,)
+        # END EXERCISE
 
 
 def cross_entropy(logits, targets):
@@ -259,6 +282,13 @@ class LayerNorm(Function):
         return self.xhat * weight + bias
 
     def backward(self, g):
+        """Gradients (dx, dweight, dbias), None for an input that needs none.
+
+        Hint: dweight = Σ g·x̂ and dbias = Σ g over every axis but the last;
+        dx is the class docstring's formula, from the saved ``self.xhat``,
+        ``self.rstd`` = 1/√(σ² + eps) and ``self.weight``.
+        """
+        # BEGIN EXERCISE 2.7: Layer normalization backward
         xhat, rstd = self.xhat, self.rstd
         leading = tuple(range(g.ndim - 1))
         gw = (g * xhat).sum(axis=leading) if self.needs_grad[1] else None
@@ -270,6 +300,7 @@ class LayerNorm(Function):
             gx -= xhat * (gh * xhat).mean(axis=-1, keepdims=True)
             gx *= rstd
         return gx, gw, gb
+        # END EXERCISE
 
 
 def layer_norm(x, weight, bias, eps=1e-5):

@@ -66,7 +66,15 @@ def _float64_leaf(x):
 
 
 def _numerical_gradient(loss, tensor, eps):
-    """Central differences of ``loss()`` with respect to every element of ``tensor``."""
+    """Central differences of ``loss()`` with respect to every element of ``tensor``.
+
+    Hint: ``tensor.data.reshape(-1)`` is a view, so writing its element j
+    perturbs the very tensor that ``loss()`` reads. For each j: set x_j + eps
+    and call ``loss()``, set x_j - eps and call it again, put x_j back, and
+    store (plus - minus) / (2 eps). Return a float64 NumPy array of the
+    tensor's shape, and leave the tensor exactly as it was.
+    """
+    # BEGIN EXERCISE 2.1: Central finite differences
     flat = tensor.data.reshape(-1)  # a view: writing it perturbs the tensor
     grad = np.zeros(flat.shape[0])
     for j in range(flat.shape[0]):
@@ -78,3 +86,4 @@ def _numerical_gradient(loss, tensor, eps):
         flat[j] = original
         grad[j] = (plus - minus) / (2 * eps)
     return grad.reshape(tensor.shape)
+    # END EXERCISE

@@ -56,13 +56,19 @@ def unbroadcast(grad, shape):
     If ``x`` of shape (3, 1) was broadcast to (5, 3, 4), each element of x was
     used 5·4 times, so its gradient is the sum over the new leading axis and
     over the stretched axis of size 1.
+
+    Hint: the first ``grad.ndim - len(shape)`` axes were added in front; sum
+    them, and (keepdims) every axis where ``shape`` has 1 but ``grad`` does
+    not; then reshape to ``shape``. Return ``grad`` itself if nothing changed.
     """
+    # BEGIN EXERCISE 2.4: The backward of broadcasting
     if grad.shape == shape:
         return grad
     extra = grad.ndim - len(shape)
     stretched = tuple(extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
     summed = grad.sum(axis=tuple(range(extra)) + stretched, keepdims=True)
     return summed.reshape(shape)
+    # END EXERCISE
 
 
 class Function:
@@ -180,7 +186,19 @@ class Tensor:
         ``grad`` is dL/d(self); it defaults to 1 for a scalar. Leaf tensors
         accumulate into ``.grad``. Unless ``retain_graph``, each op drops its
         saved arrays after use, so the graph does not outlive this call.
+
+        Hint: raise RuntimeError if ``self`` does not require a grad, or if
+        ``grad`` is omitted for a non-scalar. Keep a dict id(tensor) -> its
+        gradient so far, starting with {id(self): grad}, and visit
+        ``reversed(_topological_order(self))``. A leaf (``_ctx`` None), or a
+        tensor that asked to ``_retain_grad``, adds its gradient into ``.grad``
+        (copy the first one: it may be a read-only view). Otherwise
+        ``_ctx.backward(g)`` returns one gradient per tensor in
+        ``_ctx.parents`` (None: nothing to pass); *add* each into the dict,
+        because a tensor used twice receives two gradients. Then set
+        ``node._ctx = None`` unless ``retain_graph``.
         """
+        # BEGIN EXERCISE 2.3: The backward pass
         if not self.requires_grad:
             raise RuntimeError("backward(): this tensor does not require grad "
                                "(no input had requires_grad=True, or it was made under no_grad)")
@@ -200,13 +218,16 @@ class Tensor:
                 node.grad = g.copy() if node.grad is None else node.grad + g
             if fn is None:
                 continue
-            for parent, parent_grad in zip(fn.parents, fn.backward(g)):
+            profiler = Function.profiler
+            parent_grads = fn.backward(g) if profiler is None else profiler.time_backward(fn, g)
+            for parent, parent_grad in zip(fn.parents, parent_grads):
                 if parent_grad is None or not parent.requires_grad:
                     continue
                 key = id(parent)
                 grads[key] = parent_grad if key not in grads else grads[key] + parent_grad
             if not retain_graph:
                 node._ctx = None  # frees the op and the arrays it saved
+        # END EXERCISE
 
     # ------------------------------------------------------------ arithmetic
     def _wrap(self, other):
@@ -367,7 +388,14 @@ def _topological_order(root):
     An iterative depth-first search: a node is appended after all its
     parents, so walking the list backwards visits each node only after every
     node that uses it has passed its gradient down.
+
+    Hint: a stack of (node, parents_done) pairs. Popping (node, False) the
+    first time, push (node, True) and then each parent that requires a grad;
+    popping (node, True) means its parents are all in ``order``: append it.
+    Follow ``node._ctx.parents``; a leaf has ``_ctx`` None. Mark nodes
+    visited by ``id`` so that a shared parent is listed once.
     """
+    # BEGIN EXERCISE 2.2: Topological order of the graph
     order, visited, stack = [], set(), [(root, False)]
     while stack:
         node, parents_done = stack.pop()
@@ -383,6 +411,7 @@ def _topological_order(root):
                 if parent.requires_grad and id(parent) not in visited:
                     stack.append((parent, False))
     return order
+    # END EXERCISE
 
 
 # ================================================================ the ops
@@ -441,6 +470,8 @@ class Pow(Function):
     """x ** p for a constant p: d/dx = p · x^(p-1)."""
 
     def forward(self, a, exponent):
+        if _is_float(a):  # np.float64(2) would otherwise upcast a float32 tensor
+            exponent = a.dtype.type(exponent)
         self.a, self.p = a, exponent
         return a ** exponent
 
@@ -460,6 +491,14 @@ class MatMul(Function):
         return a @ b
 
     def backward(self, g):
+        """dL/da = g @ bᵀ, dL/db = aᵀ @ g, each unbroadcast to its input's shape.
+
+        Hint: two 1-D vectors give a scalar g (the gradients are g·b and g·a).
+        Otherwise treat a 1-D ``a`` as (1, K) and a 1-D ``b`` as (K, 1), add
+        the matching size-1 axis to g, and reshape the results back. Compute
+        only the gradients that ``self.needs_grad`` asks for (None otherwise).
+        """
+        # BEGIN EXERCISE 2.5: Matrix multiplication backward
         a, b = self.a, self.b
         if a.ndim == 1 and b.ndim == 1:
             return g * b, g * a
@@ -473,6 +512,7 @@ class MatMul(Function):
         if self.needs_grad[1]:
             gb = unbroadcast(a2.swapaxes(-1, -2) @ g2, b2.shape).reshape(b.shape)
         return ga, gb
+        # END EXERCISE
 
 
 class Cast(Function):
@@ -552,8 +592,9 @@ class Reshape(Function):
 
 class Transpose(Function):
     def forward(self, a, axes):
-        self.axes = axes
-        return a.transpose(axes)
+        out = a.transpose(axes)
+        self.axes = None if axes is None else tuple(ax % a.ndim for ax in axes)  # -1 -> ndim-1 for argsort
+        return out
 
     def backward(self, g):
         if self.axes is None:
