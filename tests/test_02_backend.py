@@ -1,0 +1,197 @@
+"""Chapter 2: the array backend (minclip/backend.py), NumPy here and CuPy on a GPU.
+
+The CPU tests run everywhere. The tests marked ``gpu`` need CuPy and an NVIDIA
+GPU and skip cleanly without them; the CuPy error tests are the opposite and
+run only where there is *no* usable GPU.
+"""
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import minclip.functional as F
+from minclip import Tensor, backend
+from minclip.backend import BackendError, xp
+from conftest import GPU, requires_gpu
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def restore_backend():
+    """Put the backend back as it was, whatever the test switched it to."""
+    previous = backend.get_backend()
+    yield
+    backend.set_backend(previous)
+
+
+def run_python(code, **environment):
+    """Run ``code`` in a fresh interpreter (so the import-time environment is read)."""
+    env = {**os.environ, **environment}
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+# ------------------------------------------------------------------ switching
+
+def test_set_backend_numpy_makes_xp_numpy(restore_backend):
+    backend.set_backend("numpy")
+    assert backend.get_backend() == "numpy"
+    assert isinstance(xp.zeros(2), np.ndarray), "after set_backend('numpy'), xp.zeros must give a NumPy array"
+    assert isinstance(Tensor([1.0]).data, np.ndarray)
+
+
+def test_an_unknown_backend_name_lists_the_choices(restore_backend):
+    with pytest.raises(ValueError, match=r"unknown backend 'torch'.*numpy.*cupy"):
+        backend.set_backend("torch")
+
+
+@pytest.mark.skipif(GPU, reason="this machine has a GPU, so set_backend('cupy') succeeds")
+def test_cupy_without_a_gpu_raises_a_one_line_backend_error(restore_backend):
+    with pytest.raises(BackendError) as failure:
+        backend.set_backend("cupy")
+    message = str(failure.value)
+    assert "cupy" in message.lower() and "\n" not in message, (
+        f"expected one line that names CuPy and what to do, got: {message!r}")
+    assert backend.get_backend() == "numpy", "a failed switch must leave the NumPy backend active"
+
+
+def test_the_environment_variable_chooses_the_backend():
+    result = run_python("import minclip; print(minclip.get_backend())", MINCLIP_BACKEND="numpy")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "numpy"
+
+
+@pytest.mark.skipif(GPU, reason="this machine has a GPU, so MINCLIP_BACKEND=cupy works")
+def test_the_environment_variable_cupy_without_a_gpu_fails_clearly():
+    result = run_python("import minclip", MINCLIP_BACKEND="cupy")
+    assert result.returncode != 0, "importing minclip with MINCLIP_BACKEND=cupy and no GPU must fail"
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("minclip.backend.BackendError") and "cupy" in last_line, (
+        f"the traceback should end in one BackendError line, got: {last_line!r}")
+
+
+def test_the_environment_variable_rejects_an_unknown_name():
+    result = run_python("import minclip", MINCLIP_BACKEND="jax")
+    assert result.returncode != 0 and "unknown backend 'jax'" in result.stderr
+
+
+# --------------------------------------------------- the helpers that differ
+
+def test_to_numpy_gives_host_arrays_without_copying_numpy_ones():
+    array = np.arange(3.0)
+    assert backend.to_numpy(array) is array
+    assert isinstance(backend.to_numpy([1, 2]), np.ndarray)
+
+
+def test_array_module_names_the_library_of_an_array():
+    assert backend.array_module(np.zeros(2)) is np and backend.backend_name(np.zeros(2)) == "numpy"
+    assert Tensor([1.0]).xp is np
+
+
+def test_scatter_add_adds_repeated_indices():
+    target = np.zeros(3)
+    backend.scatter_add(target, np.array([0, 0, 2]), np.array([1.0, 2.0, 3.0]))
+    assert target.tolist() == [3.0, 0.0, 3.0], (
+        f"index 0 appears twice, so it gets 1 + 2 = 3; got {target.tolist()} "
+        "(plain target[idx] += v would keep only one of the writes)")
+
+
+def test_sliding_window_view_is_every_window():
+    windows = backend.sliding_window_view(np.arange(5), 3, axis=0)
+    assert windows.tolist() == [[0, 1, 2], [1, 2, 3], [2, 3, 4]]
+
+
+def test_erf_matches_math_erf_and_keeps_the_dtype():
+    x = np.array([-2.0, -0.5, 0.0, 0.3, 3.0], dtype="float32")
+    result = backend.erf(x)
+    assert result.dtype == np.float32
+    np.testing.assert_allclose(result, [math.erf(v) for v in x.tolist()], rtol=1e-7)
+    assert backend.erf(np.array(0.5)) == pytest.approx(math.erf(0.5)), "a 0-d array is an array too"
+
+
+def test_seed_makes_the_random_generator_reproducible():
+    backend.seed(3)
+    first = backend.rng().random(4)
+    backend.seed(3)
+    assert np.array_equal(first, backend.rng().random(4))
+
+
+def test_rng_state_round_trips():
+    state = backend.get_rng_state()
+    first = backend.rng().random(3)
+    backend.set_rng_state(state)
+    assert np.array_equal(first, backend.rng().random(3)), "restoring the state must replay the same numbers"
+
+
+# ----------------------------------------------------------------- on a GPU
+
+@pytest.fixture
+def cupy(restore_backend):
+    """CuPy as the active backend, for the length of one test."""
+    import cupy
+    backend.set_backend("cupy")
+    return cupy
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_set_backend_cupy_puts_new_arrays_on_the_gpu(cupy):
+    assert backend.get_backend() == "cupy"
+    assert isinstance(xp.zeros(2), cupy.ndarray)
+    assert isinstance(Tensor([1.0]).data, cupy.ndarray)
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_mixing_backends_is_a_clear_error():
+    on_cpu = Tensor(np.ones(3, dtype="float32"))
+    on_gpu = on_cpu.to("cupy")
+    with pytest.raises(ValueError, match="different backends.*numpy.*cupy"):
+        on_cpu + on_gpu
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_a_tensor_moves_between_backends(cupy):
+    x = Tensor(np.arange(3, dtype="float32"), requires_grad=True)
+    on_gpu = x.to("cupy")
+    assert isinstance(on_gpu.data, cupy.ndarray) and on_gpu.requires_grad
+    assert np.array_equal(on_gpu.to("numpy").data, x.data)
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_the_environment_variable_selects_cupy():
+    result = run_python("import minclip; print(minclip.get_backend())", MINCLIP_BACKEND="cupy")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "cupy"
+
+
+GPU_OPS = {
+    "matmul + softmax": lambda x, w: F.softmax(x @ w),
+    "layer_norm": lambda x, w: F.layer_norm(x, w[0], w[1]),
+    "cross_entropy": lambda x, w: F.cross_entropy(x @ w, np.array([0, 2, 2, 1])),
+    "embedding (scatter_add)": lambda x, w: F.embedding(x, np.array([1, 1, 3])) * w[0, 0],
+    "repeated index (scatter_add)": lambda x, w: x[x.xp.asarray([0, 0, 3])] @ w,
+    "gelu (cupyx erf)": lambda x, w: F.gelu(x) @ w,
+}
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("name", GPU_OPS)
+def test_the_same_code_gives_the_same_numbers_on_the_gpu(name, cupy, rng):
+    fn = GPU_OPS[name]
+    arrays = [rng.standard_normal((4, 3)).astype("float32"), rng.standard_normal((3, 3)).astype("float32")]
+    results = {}
+    for name_of_backend in ("numpy", "cupy"):
+        inputs = [Tensor(a, requires_grad=True).to(name_of_backend) for a in arrays]
+        out = fn(*inputs)
+        out.sum().backward()
+        results[name_of_backend] = [out.numpy()] + [backend.to_numpy(t.grad) for t in inputs]
+    for cpu, gpu in zip(results["numpy"], results["cupy"]):
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-5, atol=1e-6, err_msg=f"{name}: GPU and CPU disagree")
