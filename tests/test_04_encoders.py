@@ -589,7 +589,7 @@ def test_forward_returns_normalized_features_and_the_scale():
     model = CLIP(CLIPConfig.preset("tiny-vit"))
     rng = np.random.default_rng(0)
     images = rng.standard_normal((2, 3, 32, 32)).astype("float32")
-    image_features, text_features, scale = model(images, token_ids(rng, 2, 32, 1024))
+    image_features, text_features, scale = model(images, token_ids(rng, 2, 16, 1024))
     for what, f in (("image", image_features), ("text", text_features)):
         assert f.shape == (2, 128)
         np.testing.assert_allclose(np.linalg.norm(f.numpy(), axis=1), 1.0, rtol=1e-5,
@@ -604,7 +604,7 @@ def test_forward_returns_normalized_features_and_the_scale():
 def test_siglip_models_have_a_logit_bias():
     model = CLIP(CLIPConfig.preset("tiny-vit", loss="siglip"))
     rng = np.random.default_rng(0)
-    outputs = model(rng.standard_normal((2, 3, 32, 32)), token_ids(rng, 2, 32, 1024))
+    outputs = model(rng.standard_normal((2, 3, 32, 32)), token_ids(rng, 2, 16, 1024))
     assert len(outputs) == 4, "a SigLIP model returns (image_features, text_features, logit_scale, logit_bias)"
     assert np.isclose(outputs[2].item(), 10.0) and np.isclose(outputs[3].item(), -10.0)
     assert "logit_bias" in model.state_dict()
