@@ -266,7 +266,8 @@ def load_checkpoint_model(path):
     """(model, tokenizer) from a checkpoint or model file, ready for evaluation.
 
     A checkpoint's ``meta["tokenizer"]`` is "openai" or the path of the BPE
-    file that training wrote; a model without one uses OpenAI's tokenizer
+    file that training wrote, relative to the checkpoint's own folder (so a
+    run folder can be moved); a model without one uses OpenAI's tokenizer
     unless its config says it was trained with its own.
     """
     from minclip.tokenizer import CLIPTokenizer
@@ -278,6 +279,7 @@ def load_checkpoint_model(path):
                                f"does not say where that tokenizer was saved")
     if source == "openai":
         return model, CLIPTokenizer()
+    source = os.path.join(os.path.dirname(os.path.abspath(path)), source)
     if not os.path.isfile(source):
         raise FileNotFoundError(f"{path} needs its tokenizer file {source}, which does not exist "
                                 f"(it is written next to the checkpoints' folder during training)")

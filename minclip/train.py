@@ -21,6 +21,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 from minclip import backend
 from minclip.backend import xp
@@ -108,7 +109,9 @@ def build_tokenizer(config, captions):
     from minclip.tokenizer import CLIPTokenizer
     if config.tokenizer == "openai":
         return CLIPTokenizer()
-    return CLIPTokenizer.train(captions, vocab_size=config.vocab_size)
+    with warnings.catch_warnings():  # a small caption set may run out of merges: fine
+        warnings.simplefilter("ignore", UserWarning)
+        return CLIPTokenizer.train(captions, vocab_size=config.vocab_size)
 
 
 def build_optimizer(model, args, total_steps):
@@ -196,7 +199,8 @@ def train(args):
 
     def save(path, epoch):
         meta = {"step": step, "epoch": epoch, "rng": backend.get_rng_state(), "config": config.to_dict(),
-                "args": vars(args), "tokenizer": tokenizer_path if config.tokenizer == "trained" else "openai"}
+                "args": vars(args), "tokenizer": os.path.relpath(tokenizer_path, os.path.dirname(path))
+                if config.tokenizer == "trained" else "openai"}
         save_checkpoint(path, model, optimizer, meta)
 
     print(f"training {args.model}: {model.num_parameters():,} parameters, {len(train_set)} pairs, "
