@@ -17,7 +17,7 @@ import pytest
 from minclip.exercises import (MarkerError, export, find_regions, grade, project_files, restore, run_tests,
                                verify)
 from minclip.exercises.__main__ import main
-from minclip.exercises.regions import notebook_for, placeholder, read_source, student_source
+from minclip.exercises.regions import is_blank, notebook_for, placeholder, read_source, student_source
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -205,6 +205,8 @@ def test_restore_puts_back_exactly_one_solution(reference, student):
         "after restoring 1.1 the file is the reference with only 1.2 blanked")
     with pytest.raises(ValueError, match="exercise 9.9 is not in"):
         restore(student, ["9.9"], reference)
+    with pytest.raises(ValueError, match="no solution in .*it is a student edition"):
+        restore(student, ["1.2"], student)
 
 
 # ======================================================= running and grading
@@ -300,7 +302,18 @@ def test_this_repository_markers_match_its_tests(repo_tests):
         f"test markers whose exercise has no region: {unknown or 'none'}")
 
 
-def test_this_repository_student_edition_fails_then_passes_one_exercise_per_chapter(repo_tests, tmp_path):
+@pytest.fixture
+def reference_repo():
+    """This repository, when it holds the solutions (in a student edition, the
+    checks of the reference are skipped: there is nothing to restore)."""
+    for region in find_regions(REPO):
+        if is_blank(region, read_source(REPO / region.path)):
+            pytest.skip(f"this is a student edition ({region.where} has no solution)")
+    return REPO
+
+
+def test_this_repository_student_edition_fails_then_passes_one_exercise_per_chapter(reference_repo, repo_tests,
+                                                                                     tmp_path):
     student = tmp_path / "student"
     regions = export(REPO, student)
     for region in find_regions(student):
@@ -334,7 +347,7 @@ def test_this_repository_student_edition_fails_then_passes_one_exercise_per_chap
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("MINCLIP_SLOW") != "1", reason="the full student-edition check: set MINCLIP_SLOW=1")
-def test_this_repository_student_edition_in_full(tmp_path):
+def test_this_repository_student_edition_in_full(reference_repo, tmp_path):
     export(REPO, tmp_path / "student")
     problems = verify(tmp_path / "student", REPO)
     serious = [str(p) for p in problems if not p.blocked]

@@ -61,10 +61,15 @@ def verify_student_edition(args):
     with tempfile.TemporaryDirectory(prefix="minclip-student-") as scratch:
         export(args.root, scratch, force=True)
         problems = verify(scratch, args.root, timeout=args.timeout)
-    for problem in problems:
-        print(("blocked: " if problem.blocked else "PROBLEM: ") + str(problem))
     serious = [p for p in problems if not p.blocked]
-    print(f"{len(serious)} problems, {len(problems) - len(serious)} tests blocked by another exercise")
+    for problem in serious:
+        print(f"PROBLEM: {problem}")
+    blocked = Counter((p.exercise or "not an exercise", p.needs) for p in problems if p.blocked)
+    if blocked:
+        print("skipped in the student edition until another exercise is solved (tests of / need / count):")
+    for (exercise, needs), count in sorted(blocked.items()):
+        print(f"  {exercise:<16} {needs:<6} {count}")
+    print(f"{len(serious)} problems, {sum(blocked.values())} tests blocked by another exercise")
     return 1 if serious else 0
 
 

@@ -6,7 +6,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from minclip.exercises.regions import (MarkerError, find_regions, notebook_for, read_source,
+from minclip.exercises.regions import (MarkerError, find_regions, is_blank, notebook_for, read_source,
                                        restore_source, student_source, write_source)
 
 # Never copied by the fallback walk, used only where git is not installed.
@@ -92,6 +92,9 @@ def restore(student, ids, reference):
             raise ValueError(f"exercise {exercise_id}: its BEGIN/END EXERCISE lines are missing "
                              f"from {student}, so there is no place to put the solution back")
         solution = solutions[exercise_id]
-        text = restore_source(read_source(student / blank.path), blank,
-                              read_source(reference / solution.path), solution)
+        solution_text = read_source(reference / solution.path)
+        if is_blank(solution, solution_text):
+            raise ValueError(f"exercise {exercise_id} has no solution in {reference} ({solution.where}): "
+                             f"it is a student edition, not the reference")
+        text = restore_source(read_source(student / blank.path), blank, solution_text, solution)
         write_source(student / blank.path, text)

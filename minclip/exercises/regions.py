@@ -181,6 +181,13 @@ def placeholder(region, notebook):
     return f"{region.indent}raise NotImplementedError({message!r})"
 
 
+def is_blank(region, text):
+    """Whether REGION, in its file's TEXT, holds only the student-edition placeholder (no solution)."""
+    body = _lines(text)[region.begin:region.end - 1]
+    return (len(body) == 1 and body[0].lstrip().startswith("raise NotImplementedError(")
+            and f"Exercise {region.id}:" in body[0])
+
+
 def student_source(text, regions, notebooks):
     """TEXT with each region's body replaced by its placeholder line.
 

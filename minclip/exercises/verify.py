@@ -20,7 +20,11 @@ class Problem:
     exercise: str     # "2.3", or "" for a test that is not an exercise's
     where: str        # a test's node id, or file:line
     text: str
-    blocked: bool = False   # only a skip because another exercise is unsolved (tolerated, but worth a look)
+    needs: str = ""   # set when the test is only skipped until exercise NEEDS is solved (tolerated, worth a look)
+
+    @property
+    def blocked(self):
+        return bool(self.needs)
 
     def __str__(self):
         return f"{self.exercise or '-'} {self.where}: {self.text}"
@@ -46,9 +50,9 @@ def verify(student, reference, timeout=60.0):
 
 def _in_student_edition(test):
     own = test.exercises
-    blocked = test.outcome == "skipped" and test.message.startswith(NEEDS_ANOTHER)
-    if blocked:
-        return [Problem(",".join(own), test.nodeid, f"skipped in the student edition: {test.message}", blocked=True)]
+    if test.outcome == "skipped" and test.message.startswith(NEEDS_ANOTHER):
+        needs = test.message.removeprefix(NEEDS_ANOTHER).split()[0]
+        return [Problem(",".join(own), test.nodeid, f"skipped in the student edition: {test.message}", needs=needs)]
     if not own:
         if test.outcome in ("passed", "skipped"):
             return []
