@@ -9,14 +9,14 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from minclip.exercises import (MarkerError, export, find_regions, grade, project_files, restore, run_tests,
-                               verify)
+from minclip.exercises import (MarkerError, Problem, export, find_regions, grade, project_files, restore,
+                               run_tests, verify)
 from minclip.exercises.__main__ import main
+from minclip.exercises.verify import report
 from minclip.exercises.regions import is_blank, notebook_for, placeholder, read_source, student_source
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,6 +258,16 @@ def test_verify_names_exactly_the_test_that_does_not_test_its_exercise(reference
                         "does it test its exercise?"], problems
 
 
+def test_verify_report_lists_problems_and_counts_blocked_tests():
+    problems = [Problem("2.4", "t.py::a", "passes in the student edition"),
+                Problem("3.5", "t.py::b", "skipped", needs="2.3"), Problem("3.5", "t.py::c", "skipped", needs="2.3")]
+    assert report(problems).splitlines() == [
+        "PROBLEM: 2.4 t.py::a: passes in the student edition",
+        "skipped in the student edition until another exercise is solved (tests of / need / count):",
+        "  3.5              2.3    2",
+        "1 problems, 2 tests blocked by another exercise"]
+
+
 # ============================================================ the command line
 
 def test_cli_list_export_and_status(reference, tmp_path, capsys):
@@ -350,6 +360,4 @@ def test_this_repository_student_edition_fails_then_passes_one_exercise_per_chap
 def test_this_repository_student_edition_in_full(reference_repo, tmp_path):
     export(REPO, tmp_path / "student")
     problems = verify(tmp_path / "student", REPO)
-    serious = [str(p) for p in problems if not p.blocked]
-    print("\n".join(f"blocked: {p}" for p in problems if p.blocked))
-    assert not serious, "\n".join(serious)
+    assert all(p.blocked for p in problems), report(problems)

@@ -3,14 +3,12 @@ import argparse
 import json
 import sys
 import tempfile
-from collections import Counter
-from pathlib import Path
 
 from minclip.exercises import __doc__ as OVERVIEW
 from minclip.exercises.export import export, restore
 from minclip.exercises.grading import grade, grade_table, progress_table
 from minclip.exercises.regions import MarkerError, find_regions
-from minclip.exercises.verify import verify
+from minclip.exercises.verify import report, verify
 
 
 def list_exercises(args):
@@ -28,11 +26,10 @@ def export_student_edition(args):
     and its notebook; everything else is copied as it is. DIR must be empty or
     absent, unless --force."""
     regions = export(args.root, args.dir, force=args.force)
-    per_chapter = Counter(region.chapter for region in regions)
     print(f"wrote the student edition to {args.dir}: {len(regions)} exercises")
-    for chapter, count in sorted(per_chapter.items()):
+    for chapter in sorted({region.chapter for region in regions}):
         ids = [region.id for region in regions if region.chapter == chapter]
-        print(f"  chapter {chapter}: {count} ({ids[0]}-{ids[-1]})" if count > 1 else f"  chapter {chapter}: 1 ({ids[0]})")
+        print(f"  chapter {chapter}: {len(ids)} ({ids[0] if len(ids) == 1 else f'{ids[0]}-{ids[-1]}'})")
 
 
 def restore_solutions(args):
@@ -61,16 +58,8 @@ def verify_student_edition(args):
     with tempfile.TemporaryDirectory(prefix="minclip-student-") as scratch:
         export(args.root, scratch, force=True)
         problems = verify(scratch, args.root, timeout=args.timeout)
-    serious = [p for p in problems if not p.blocked]
-    for problem in serious:
-        print(f"PROBLEM: {problem}")
-    blocked = Counter((p.exercise or "not an exercise", p.needs) for p in problems if p.blocked)
-    if blocked:
-        print("skipped in the student edition until another exercise is solved (tests of / need / count):")
-    for (exercise, needs), count in sorted(blocked.items()):
-        print(f"  {exercise:<16} {needs:<6} {count}")
-    print(f"{len(serious)} problems, {sum(blocked.values())} tests blocked by another exercise")
-    return 1 if serious else 0
+    print(report(problems))
+    return 1 if any(not p.blocked for p in problems) else 0
 
 
 def parser():

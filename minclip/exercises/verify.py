@@ -6,6 +6,7 @@ putting one exercise's solution back makes that exercise's tests pass. This
 runs the whole suite once, then each exercise's tests once: minutes, not
 seconds, so it is a slow test and a command (``python -m minclip.exercises verify``).
 """
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,17 @@ def verify(student, reference, timeout=60.0):
         files = sorted({nodeid.split("::")[0] for nodeid, ids in run.collected.items() if exercise_id in ids})
         problems += _after_restoring(student, reference, regions[exercise_id], files, timeout)
     return problems
+
+
+def report(problems):
+    """PROBLEMS as text: each real problem on its own line, then how many tests
+    wait for which other exercise (tests of / need / count)."""
+    serious = [f"PROBLEM: {p}" for p in problems if not p.blocked]
+    blocked = Counter((p.exercise or "not an exercise", p.needs) for p in problems if p.blocked)
+    lines = serious + (["skipped in the student edition until another exercise is solved "
+                        "(tests of / need / count):"] if blocked else [])
+    lines += [f"  {exercise:<16} {needs:<6} {count}" for (exercise, needs), count in sorted(blocked.items())]
+    return "\n".join(lines + [f"{len(serious)} problems, {sum(blocked.values())} tests blocked by another exercise"])
 
 
 def _in_student_edition(test):
