@@ -55,16 +55,11 @@ class MultiheadAttention(Module):
         """
         D = self.embed_dim
         self.check_input(query, 3, (D,), f"(B, T, {D})")
-        if key is None and value is None:
-            q, k, v = self._project_self(query)
-        else:
-            key = query if key is None else key
-            value = key if value is None else value
-            self.check_input(key, 3, (D,), f"(B, T, {D})")
-            self.check_input(value, 3, (D,), f"(B, T, {D})")
-            w, b = self.in_proj_weight, self.in_proj_bias
-            q, k, v = (linear(x, w[i * D:(i + 1) * D], None if b is None else b[i * D:(i + 1) * D])
-                       for i, x in enumerate((query, key, value)))
+        key = query if key is None else key
+        value = key if value is None else value
+        self.check_input(key, 3, (D,), f"(B, T, {D})")
+        self.check_input(value, 3, (D,), f"(B, T, {D})")
+        q, k, v = self._project(query, key, value)                                 # (B, T, D) each
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # (B, H, T, d)
         mask = getattr(attn_mask, "data", attn_mask)
         if not need_weights:
@@ -78,11 +73,17 @@ class MultiheadAttention(Module):
         out = out.transpose(0, 2, 1, 3).reshape(B, Tq, D)                           # (B, Tq, D)
         return self.out_proj(out), weights
 
-    def _project_self(self, x):
-        """q, k, v for self-attention: one matrix product, then a split."""
-        qkv = linear(x, self.in_proj_weight, self.in_proj_bias)                     # (B, T, 3D)
-        D = self.embed_dim
-        return qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:]
+    def _project(self, query, key, value):
+        """q, k, v: each input times its third of ``in_proj_weight`` (plus bias).
+
+        Slicing the weight (3D, D), rather than computing one (B, T, 3D)
+        product and slicing that, keeps the backward cheap: a slice's gradient
+        is written into a zero array the size of the sliced tensor, which is
+        small for the weight and large for the activations.
+        """
+        D, w, b = self.embed_dim, self.in_proj_weight, self.in_proj_bias
+        return tuple(linear(x, w[i * D:(i + 1) * D], None if b is None else b[i * D:(i + 1) * D])
+                     for i, x in enumerate((query, key, value)))
 
     def extra_repr(self):
         return f"{self.embed_dim}, num_heads={self.num_heads}"
