@@ -221,12 +221,15 @@ def test_grade_gives_each_exercise_its_status_and_message(reference, student):
     assert (after.exercises["1.1"].status, after.score) == ("pass", 1), "restoring 1.1 makes exactly 1.1 pass"
 
 
-def test_an_infinite_loop_times_out_and_the_other_tests_still_run(student):
+def test_an_infinite_loop_costs_one_time_limit_and_the_other_tests_still_run(student):
     ops = student / "minclip/ops.py"
     ops.write_text(ops.read_text().replace('raise NotImplementedError("Exercise 1.2', "while True: pass  # ("))
+    write(student, {"tests/test_01_table.py": "from minclip.ops import Square\n\nTABLE = [Square()(i) for i in range(3)]\n"})
     run = run_tests(student, timeout=1)
     assert {t.nodeid.split("::")[1]: t.outcome for t in run.tests.values()} == {
         "test_double": "failed", "test_square": "timeout", "test_add": "passed"}
+    assert run.errors == ["tests/test_01_table.py could not be collected: importing it took longer than 1 s "
+                          "(an infinite loop?)"], "a module whose import loops forever is reported, not waited for"
 
 
 def test_a_test_that_blocks_the_alarm_is_killed_and_the_rest_still_run(student):

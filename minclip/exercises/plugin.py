@@ -11,9 +11,10 @@ the project under test does not import. It reads three environment variables:
   with outcome passed, failed, skipped or timeout;
 - ``MINCLIP_EXERCISE_SELECT``: empty (every test), ``*`` (tests marked with any
   exercise) or ``2.3,2.4`` (tests of these exercises);
-- ``MINCLIP_EXERCISE_TIMEOUT``: seconds each test phase may run (0 = no limit). An
-  alarm signal interrupts a test that runs longer, so one infinite loop does not
-  stop the others (the parent process kills pytest if even that does not help).
+- ``MINCLIP_EXERCISE_TIMEOUT``: seconds each test phase, and each test module's
+  import, may run (0 = no limit). An alarm signal interrupts what runs longer,
+  so one infinite loop does not stop the others (the parent process kills a
+  test if even that does not help).
 """
 import contextlib
 import json
@@ -25,6 +26,7 @@ import pytest
 REPORT = os.environ.get("MINCLIP_EXERCISE_REPORT", os.devnull)
 SELECT = os.environ.get("MINCLIP_EXERCISE_SELECT", "")
 TIMEOUT = float(os.environ.get("MINCLIP_EXERCISE_TIMEOUT", "0"))
+TOO_LONG = f"took longer than {TIMEOUT:g} s (an infinite loop?)"
 
 _exercises = {}    # nodeid -> exercise ids of the test
 _phases = {}       # nodeid -> the reports of setup, call, teardown
@@ -61,11 +63,22 @@ def pytest_collection_finish(session):
 
 def pytest_collectreport(report):
     if report.failed:
-        _write(event="collect_error", where=report.nodeid, message=_first_line(report))
+        message = f"importing it {TOO_LONG}" if report.nodeid in _timed_out else _first_line(report)
+        _write(event="collect_error", where=report.nodeid, message=message)
 
 
 def pytest_runtest_logstart(nodeid, location):
     _write(event="start", nodeid=nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """Importing a test module may run exercise code too (a table built at import time)."""
+    if isinstance(collector, pytest.Module):
+        with _time_limit(collector.nodeid):
+            yield
+    else:
+        yield
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -89,7 +102,7 @@ def _time_limit(nodeid):
 
     def on_alarm(signum, frame):
         _timed_out.add(nodeid)
-        raise TestTimeout(f"took longer than {TIMEOUT:g} s (an infinite loop?)")
+        raise TestTimeout(TOO_LONG)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, TIMEOUT)
@@ -109,7 +122,7 @@ def pytest_runtest_logfinish(nodeid, location):
     failed = [r for r in reports if r.failed]
     skipped = [r for r in reports if r.skipped]
     if nodeid in _timed_out:
-        outcome, message = "timeout", f"took longer than {TIMEOUT:g} s (an infinite loop?)"
+        outcome, message = "timeout", TOO_LONG
     elif failed:
         outcome, message = "failed", _first_line(failed[0])
     elif skipped:
