@@ -277,15 +277,18 @@ def test_causal_mask_values():
 
 
 @pytest.mark.exercise("4.3")
-def test_a_later_token_cannot_change_earlier_outputs():
-    block = ResidualAttentionBlock(8, 2)
-    x = np.random.default_rng(0).standard_normal((1, 4, 8)).astype("float32")
-    changed = x.copy()
-    changed[0, 3] += 5.0                                   # only the last token differs
-    before, after = (block(Tensor(v), attn_mask=causal_mask(4)).numpy() for v in (x, changed))
+def test_with_the_mask_a_later_token_cannot_change_earlier_outputs():
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 4, 8)).astype("float32") for _ in range(3))
+    k2, v2 = k.copy(), v.copy()
+    k2[0, 3] += 5.0                                        # only the last token's key and value differ
+    v2[0, 3] += 5.0
+    mask = causal_mask(4)
+    before, after = (F.scaled_dot_product_attention(Tensor(q), Tensor(a), Tensor(b), mask).numpy()
+                     for a, b in ((k, v), (k2, v2)))
     np.testing.assert_allclose(after[0, :3], before[0, :3], rtol=1e-6, err_msg=(
-        "with the causal mask, tokens 0..2 must not see token 3"))
-    assert not np.allclose(after[0, 3], before[0, 3]), "token 3 itself must change"
+        "with the causal mask, queries 0..2 must not see token 3"))
+    assert not np.allclose(after[0, 3], before[0, 3]), "query 3 sees token 3 itself"
 
 
 # =============================================== 4.4 the text encoder

@@ -90,7 +90,7 @@ class TextTransformer(nn.Module):
         advanced indexing, ``x[arange(B), ids.argmax(-1)]``, and project it
         with ``text_projection``.
         """
-        # BEGIN EXERCISE 4.4: text encoder forward and end-of-text pooling
+        # BEGIN EXERCISE 4.4: end-of-text pooling
         ids = self.check_token_ids(ids)
         B, T = ids.shape
         x = self.token_embedding(ids) + self.positional_embedding[:T]           # (B, T, D)

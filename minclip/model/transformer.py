@@ -51,7 +51,7 @@ class ResidualAttentionBlock(nn.Module):
         Hint: ``self.attn`` returns ``(output, weights)``; add each branch's
         output back onto ``x`` (the residual), normalizing its *input* first.
         """
-        # BEGIN EXERCISE 4.2: residual attention block forward
+        # BEGIN EXERCISE 4.2: residual attention block
         x = x + self.attn(self.ln_1(x), attn_mask=attn_mask)[0]       # (B, T, D)
         x = x + self.mlp(self.ln_2(x))                                # (B, T, D)
         return x
