@@ -222,15 +222,16 @@ OPS = [
 ]
 
 
-def op_params():
-    """The table as pytest params, each marked with its exercise (if any)."""
-    return [pytest.param(op, id=op.name, marks=[pytest.mark.exercise(op.exercise)] if op.exercise else [])
+def op_params(mark_exercises=True):
+    """The table as pytest params, each marked with its exercise (if any and if asked)."""
+    return [pytest.param(op, id=op.name,
+                         marks=[pytest.mark.exercise(op.exercise)] if op.exercise and mark_exercises else [])
             for op in OPS]
 
 
 # ============================================================ every op, 3 ways
 
-@pytest.mark.parametrize("op", op_params())
+@pytest.mark.parametrize("op", op_params(mark_exercises=False))  # the exercises are all backward code
 def test_forward_matches_numpy(op, rng):
     arrays = op.inputs(rng)
     received = op.minclip(*[Tensor(a) for a in arrays]).numpy()
@@ -275,7 +276,7 @@ def test_numerical_gradient_of_a_cube():
     x = Tensor(np.array([[1.0, -2.0], [0.5, 3.0]]))
     grad = _numerical_gradient(lambda: float((x.data ** 3).sum()), x, eps=1e-6)
     np.testing.assert_allclose(grad, 3 * x.data ** 2, rtol=1e-7, err_msg=(
-        "d/dx Σx³ = 3x²: central differences (f(x+eps) - f(x-eps)) / 2eps should give it to ~1e-9"))
+        "d/dx Σx³ = 3x²: central differences (f(x+eps) - f(x-eps)) / 2eps agree with it to ~1e-9 in float64"))
 
 
 @pytest.mark.exercise("2.1")
@@ -431,17 +432,31 @@ def test_retain_grad_keeps_an_intermediate_gradient():
     np.testing.assert_allclose(h.grad, 2 * h.data, err_msg="d Σh²/dh = 2h, kept because of retain_grad()")
 
 
+def error_of(action):
+    """The exception ``action()`` raises. Unlike pytest.raises(RuntimeError), this lets
+    NotImplementedError (itself a RuntimeError) through: an unsolved exercise says so."""
+    try:
+        action()
+    except NotImplementedError:
+        raise
+    except Exception as error:
+        return error
+    pytest.fail("expected an error, but none was raised")
+
+
 @pytest.mark.exercise("2.3")
 def test_backward_of_a_non_scalar_needs_an_explicit_gradient():
     x = Tensor([1.0, 2.0], requires_grad=True)
-    with pytest.raises(RuntimeError, match=r"scalar.*\(2,\)"):
-        (x ** 2).backward()
+    error = error_of(lambda: (x ** 2).backward())
+    assert isinstance(error, RuntimeError) and "scalar" in str(error) and "(2,)" in str(error), (
+        f"backward() of a (2,) tensor has no implicit gradient: raise a RuntimeError naming the shape, got {error!r}")
 
 
 @pytest.mark.exercise("2.3")
 def test_backward_of_a_tensor_without_grad_is_an_error():
-    with pytest.raises(RuntimeError, match="does not require grad"):
-        Tensor([1.0, 2.0]).sum().backward()
+    error = error_of(lambda: Tensor([1.0, 2.0]).sum().backward())
+    assert isinstance(error, RuntimeError) and "does not require grad" in str(error), (
+        f"nothing to differentiate: raise a RuntimeError saying it 'does not require grad', got {error!r}")
 
 
 def test_no_grad_records_nothing():
