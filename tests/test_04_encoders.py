@@ -642,6 +642,10 @@ def test_openai_initialization():
         assert abs(state[key].std() / std - 1) < 0.05, f"{key}: expected std {std:.4f}, got {state[key].std():.4f}"
     for key in ("visual.layer1.0.bn3.weight", "visual.layer4.0.bn3.weight"):
         assert not state[key].any(), f"{key}: the last batch-norm gain of each Bottleneck starts at zero"
+    vit = CLIP(CLIPConfig.preset("tiny-vit")).state_dict()
+    for key in ("visual.positional_embedding", "visual.proj"):
+        std = vit[key].std()
+        assert abs(std / 128 ** -0.5 - 1) < 0.05, f"{key}: expected std width^-½ = {128 ** -0.5:.4f}, got {std:.4f}"
 
 
 def test_building_is_reproducible_from_the_seed():
