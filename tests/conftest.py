@@ -34,14 +34,29 @@ def pytest_runtest_makereport(item, call):
     tests of the exercise a learner is working on fail."""
     outcome = yield
     report = outcome.get_result()
-    if call.excinfo is None or not call.excinfo.errisinstance(NotImplementedError):
+    error = _unsolved_exercise(call.excinfo.value) if call.excinfo is not None else None
+    if error is None:
         return
-    found = _EXERCISE_ERROR.search(str(call.excinfo.value))
+    exercise = _EXERCISE_ERROR.search(str(error)).group(1)
     own = {str(m.args[0]) for m in item.iter_markers("exercise") if m.args}
-    if found and found.group(1) not in own:
+    if exercise not in own:
         report.outcome = "skipped"
-        report.longrepr = (str(item.path), item.location[1] or 0,
-                           f"needs exercise {found.group(1)} first: {call.excinfo.value}")
+        report.longrepr = (str(item.path), item.location[1] or 0, f"needs exercise {exercise} first: {error}")
+
+
+def _unsolved_exercise(error):
+    """The "Exercise N.M" NotImplementedError behind ``error``, if any.
+
+    It may be wrapped: ``pytest.warns`` reports "DID NOT WARN" with the
+    exercise's error as its context.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, NotImplementedError) and _EXERCISE_ERROR.search(str(error)):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _gpu_available():
