@@ -92,6 +92,8 @@ class Function:
         else:
             out = fn.forward(*(t.data for t in inputs), **options)
         requires_grad = _grad_enabled and any(fn.needs_grad)
+        if isinstance(out, numpy.generic):  # NumPy reductions return scalars: keep 0-d arrays
+            out = numpy.asarray(out)
         result = Tensor(out, requires_grad=requires_grad, _keep=True)
         if requires_grad:
             fn.parents = inputs
@@ -136,6 +138,7 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         self._ctx = None
         self._retain_grad = False
+        self._graph_freed = False
 
     # ------------------------------------------------------------ properties
     shape = property(lambda self: self.data.shape)
@@ -202,6 +205,9 @@ class Tensor:
         if not self.requires_grad:
             raise RuntimeError("backward(): this tensor does not require grad "
                                "(no input had requires_grad=True, or it was made under no_grad)")
+        if self._graph_freed:
+            raise RuntimeError("backward(): this graph was already freed by an earlier backward(); "
+                               "pass retain_graph=True to the first call to go through it twice")
         if grad is None:
             if self.size != 1:
                 raise RuntimeError(f"backward(): grad can be implicit only for a scalar, "
@@ -227,6 +233,7 @@ class Tensor:
                 grads[key] = parent_grad if key not in grads else grads[key] + parent_grad
             if not retain_graph:
                 node._ctx = None  # frees the op and the arrays it saved
+                node._graph_freed = True
         # END EXERCISE
 
     # ------------------------------------------------------------ arithmetic
