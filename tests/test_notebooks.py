@@ -1,0 +1,34 @@
+"""Every notebook of the course runs top to bottom (the course is tested too).
+
+Each notebook is executed by a fresh Jupyter kernel, from the ``notebooks/``
+folder, exactly as a learner would run it; the committed file is not touched.
+A cell that raises fails the test with the cell's source and the error.
+"""
+import pathlib
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+CELL_TIMEOUT = 600  # seconds for one cell: generous for a loaded 2-core machine
+
+
+def test_every_chapter_has_a_notebook():
+    chapters = {p.name[:2] for p in NOTEBOOKS}
+    assert chapters >= {"01", "02", "03", "04", "05", "06", "07"}, f"notebooks found: {[p.name for p in NOTEBOOKS]}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_top_to_bottom(path, monkeypatch):
+    notebook = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3",
+                                     resources={"metadata": {"path": str(path.parent)}})
+    monkeypatch.setenv("MPLBACKEND", "Agg")   # the kernel inherits it: no window opens
+    try:
+        client.execute()
+    except nbclient.exceptions.CellExecutionError as error:
+        pytest.fail(f"{path.name} stopped at a cell:\n{error}", pytrace=False)
+    assert any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), \
+        f"{path.name} produced no output at all"
