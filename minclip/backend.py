@@ -96,6 +96,41 @@ def asarray(data, dtype=None):
     return _module.asarray(data, dtype=dtype)
 
 
+def to_array(data, dtype=None):
+    """``data`` as an array of the active backend: the way in for Python values.
+
+    Lists and scalars of Python floats become float32 (as in PyTorch) unless
+    ``dtype`` says otherwise; arrays keep their dtype.
+    """
+    if hasattr(data, "__array__") or hasattr(data, "__cuda_array_interface__"):
+        if _module is numpy:
+            data = to_numpy(data)
+        return _module.asarray(data, dtype=dtype)
+    array = numpy.asarray(data, dtype=dtype)
+    if dtype is None and array.dtype == numpy.float64:
+        array = array.astype(numpy.float32)
+    return _module.asarray(array)
+
+
+def ensure_array(value):
+    """A 0-d array for a NumPy scalar (what NumPy's full reductions return)."""
+    return numpy.asarray(value) if isinstance(value, numpy.generic) else value
+
+
+def move(array, name):
+    """``array`` on backend ``name`` ("numpy" or "cupy"), copied between host and GPU if needed."""
+    if name == "numpy":
+        return to_numpy(array)
+    if name == "cupy":
+        return _import_cupy().asarray(array)
+    raise ValueError(f"unknown backend {name!r}: choose one of {_NAMES}")
+
+
+def ignore_overflow():
+    """Context manager silencing NumPy's overflow warning (CuPy never warns)."""
+    return numpy.errstate(over="ignore")
+
+
 def to_numpy(array):
     """A NumPy copy of ``array`` on the host (no copy if it already is NumPy)."""
     if isinstance(array, numpy.ndarray):

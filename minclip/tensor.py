@@ -18,7 +18,8 @@ released as soon as its backward has run.
 The elementwise and shape ops live here, as Tensor methods; the composite and
 fused ops (softmax, layer norm, cross-entropy, ...) live in ``functional.py``.
 """
-import numpy
+import math
+import numbers
 
 from minclip import backend
 from minclip.backend import array_module, backend_name
@@ -92,8 +93,7 @@ class Function:
         else:
             out = fn.forward(*(t.data for t in inputs), **options)
         requires_grad = _grad_enabled and any(fn.needs_grad)
-        if isinstance(out, numpy.generic):  # NumPy reductions return scalars: keep 0-d arrays
-            out = numpy.asarray(out)
+        out = backend.ensure_array(out)  # NumPy reductions return scalars: keep 0-d arrays
         result = Tensor(out, requires_grad=requires_grad, _keep=True)
         if requires_grad:
             fn.parents = inputs
@@ -132,7 +132,7 @@ class Tensor:
         if isinstance(data, Tensor):
             data = data.data
         if not _keep:
-            data = _to_array(data, dtype)
+            data = backend.to_array(data, dtype)
         self.data = data
         self.grad = None
         self.requires_grad = bool(requires_grad)
@@ -175,8 +175,7 @@ class Tensor:
 
     def to(self, name):
         """A copy on backend ``name`` ("numpy" or "cupy")."""
-        data = backend.to_numpy(self.data) if name == "numpy" else _cupy().asarray(self.data)
-        return Tensor(data, requires_grad=self.requires_grad, _keep=True)
+        return Tensor(backend.move(self.data, name), requires_grad=self.requires_grad, _keep=True)
 
     def astype(self, dtype):
         """Cast to ``dtype`` (differentiable: the gradient is cast back)."""
@@ -241,10 +240,8 @@ class Tensor:
         """Turn a scalar or array into a Tensor with this tensor's float dtype (no upcast)."""
         if isinstance(other, Tensor):
             return other
-        xp = self.xp
-        other = backend.to_numpy(other) if xp is numpy else other
         dtype = self.dtype if _is_float(self.data) else None
-        return Tensor(xp.asarray(other, dtype=dtype), _keep=True)
+        return Tensor(self.xp.asarray(other, dtype=dtype), _keep=True)
 
     def __add__(self, other):
         return Add.apply(self, self._wrap(other))
@@ -315,7 +312,7 @@ class Tensor:
         return Sum.apply(self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis=None, keepdims=False):
-        count = self.size if axis is None else numpy.prod([self.shape[a] for a in _axes(axis)])
+        count = self.size if axis is None else math.prod(self.shape[a] for a in _axes(axis))
         return self.sum(axis=axis, keepdims=keepdims) * (1.0 / int(count))
 
     def max(self, axis=None, keepdims=False):
@@ -358,22 +355,6 @@ class Tensor:
 
     def relu(self):
         return ReLU.apply(self)
-
-
-def _cupy():
-    return backend._import_cupy()
-
-
-def _to_array(data, dtype):
-    """Put ``data`` on the active backend; Python floats default to float32."""
-    if hasattr(data, "__array__") or hasattr(data, "__cuda_array_interface__"):
-        if backend.get_backend() == "numpy":
-            data = backend.to_numpy(data)
-        return backend.asarray(data, dtype=dtype)
-    array = numpy.asarray(data, dtype=dtype)
-    if dtype is None and array.dtype == numpy.float64:
-        array = array.astype(numpy.float32)
-    return backend.asarray(array)
 
 
 def _axes(axis):
@@ -554,7 +535,7 @@ class GetItem(Function):
 
 def _is_basic_index(index):
     items = index if isinstance(index, tuple) else (index,)
-    return all(i is None or i is Ellipsis or isinstance(i, (int, slice, numpy.integer)) for i in items)
+    return all(i is None or i is Ellipsis or isinstance(i, (numbers.Integral, slice)) for i in items)
 
 
 class Sum(Function):
@@ -606,7 +587,8 @@ class Transpose(Function):
     def backward(self, g):
         if self.axes is None:
             return (g.transpose(),)
-        return (g.transpose(numpy.argsort(self.axes)),)
+        inverse = sorted(range(len(self.axes)), key=self.axes.__getitem__)  # argsort of the axes
+        return (g.transpose(inverse),)
 
 
 class Exp(Function):
@@ -653,7 +635,7 @@ def stable_sigmoid(a):
     with a slower two-branch formula (3x faster, and exact).
     """
     xp = array_module(a)
-    with numpy.errstate(over="ignore"):
+    with backend.ignore_overflow():
         s = xp.negative(a, out=xp.empty_like(a))   # an array even for 0-d input
         xp.exp(s, out=s)
     s += 1

@@ -16,8 +16,6 @@ into minclip one to one (``state_dict`` / ``load_state_dict``).
 """
 from collections import OrderedDict
 
-import numpy
-
 from minclip import backend
 from minclip.tensor import Tensor
 
@@ -139,9 +137,9 @@ class Module:
         targets = dict(self._state_targets())
         missing = [k for k in targets if k not in state_dict]
         unexpected = [k for k in state_dict if k not in targets]
-        mismatched = [f"{k}: expected {tuple(targets[k][0])}, got {tuple(numpy.shape(v))}"
+        mismatched = [f"{k}: expected {tuple(targets[k][0])}, got {tuple(_shape(v))}"
                       for k, v in state_dict.items()
-                      if k in targets and tuple(numpy.shape(v)) != tuple(targets[k][0])]
+                      if k in targets and tuple(_shape(v)) != tuple(targets[k][0])]
         problems = []
         if strict and missing:
             problems.append(f"missing keys: {missing}")
@@ -165,18 +163,14 @@ class Module:
                 yield key, (p.shape, _parameter_setter(p))
             for name, b in module._buffers.items():
                 key = f"{prefix}.{name}" if prefix else name
-                yield key, (numpy.shape(b), _buffer_setter(module, name))
+                yield key, (_shape(b), _buffer_setter(module, name))
 
     # ------------------------------------------------------------- movement
     def to(self, backend_name=None, dtype=None):
         """Move every parameter and buffer to a backend and/or cast floats to ``dtype``."""
         def convert(array):
-            if backend_name == "numpy":
-                array = backend.to_numpy(array)
-            elif backend_name == "cupy":
-                array = backend._import_cupy().asarray(array)
-            elif backend_name is not None:
-                raise ValueError(f"to(): unknown backend {backend_name!r}")
+            if backend_name is not None:
+                array = backend.move(array, backend_name)
             if dtype is not None and array.dtype.kind == "f":
                 array = array.astype(dtype)
             return array
@@ -208,6 +202,10 @@ class Module:
             want is not None and got != want for want, got in zip(last_dims, shape[len(shape) - len(last_dims):]))
         if bad_ndim or bad_dims:
             raise ValueError(f"{type(self).__name__}({self.extra_repr()}): expected input {expected}, got {shape}")
+
+
+def _shape(array):
+    return tuple(getattr(array, "shape", ()))
 
 
 def _parameter_setter(p):
