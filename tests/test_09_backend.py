@@ -1,0 +1,88 @@
+"""Chapter 9: one code path for NumPy and CuPy.
+
+Compute code reaches arrays only through the backend (``xp``, or a tensor's
+own ``.xp``), so the same lines run on a GPU. Only the modules listed below
+touch NumPy directly, each for a reason at the host boundary.
+"""
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import GPU, requires_gpu
+
+PACKAGE = pathlib.Path(__file__).parent.parent / "minclip"
+ROOT = PACKAGE.parent
+
+# module (relative to minclip/) -> why it may use NumPy itself
+HOST_BOUNDARY = {
+    "backend.py": "it is the backend: every NumPy/CuPy difference lives here",
+    "gradcheck.py": "finite differences run element by element on the host, in float64",
+    "checkpoint.py": "reads and writes files (safetensors) on the host",
+    "convert.py": "converts files on the host",
+    "retrieval.py": "metrics are computed on the host from a copied similarity matrix",
+    "evaluate.py": "groups identical captions on the host",
+    "tokenizer/": "text is tokenized on the host; ids go to the device with the batch",
+    "data/": "images are decoded and batched on the host; the batch is copied once",
+    "exercises/": "course tooling, no array compute",
+}
+NUMPY_IMPORT = re.compile(r"^\s*(import numpy|from numpy)", re.MULTILINE)
+
+
+def _allowed(relative):
+    return any(relative == name or relative.startswith(name) for name in HOST_BOUNDARY)
+
+
+def test_compute_code_never_imports_numpy():
+    offenders = [str(path.relative_to(PACKAGE)) for path in sorted(PACKAGE.rglob("*.py"))
+                 if NUMPY_IMPORT.search(path.read_text()) and not _allowed(str(path.relative_to(PACKAGE)).replace("\\", "/"))]
+    assert not offenders, (f"these modules import numpy directly: {offenders}. Compute code must use "
+                           f"`from minclip.backend import xp` (or tensor.xp) so that CuPy runs the same lines; "
+                           f"host-side helpers belong in minclip/backend.py")
+
+
+def test_the_package_does_not_import_torch():
+    heavy = re.compile(r"^\s*(import|from) (torch|transformers|open_clip|scipy|sklearn)\b", re.MULTILINE)
+    offenders = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if heavy.search(p.read_text())]
+    # convert.py needs torch to read .pt files, and imports it inside a function only
+    assert offenders in ([], ["convert.py"]), f"minclip/ must not import reference libraries at module level: {offenders}"
+    code = "import sys, minclip, minclip.train, minclip.evaluate; print(sorted(m for m in ('torch', 'transformers', 'scipy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]", f"importing minclip pulled in {out.strip()}"
+
+
+def test_gpu_check_script_needs_an_output_folder():
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode != 0 and "usage" in result.stderr.lower(), result.stderr
+
+
+def test_gpu_check_script_stops_cleanly_without_a_gpu(tmp_path):
+    if GPU:
+        pytest.skip("a GPU is present: the script would run for real")
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "GPU" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_parity_script_runs_on_numpy_against_itself(tmp_path):
+    """The GPU parity check, run NumPy vs NumPy: its plumbing works and agrees exactly."""
+    out = tmp_path / "parity.json"
+    subprocess.run([sys.executable, "benchmarks/gpu_parity.py", "--against", "numpy", "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True, text=True)
+    import json
+    result = json.loads(out.read_text())
+    assert result["loss_relative_error"] == 0.0 and result["max_gradient_relative_error"] == 0.0, result
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_training_step_on_cupy_matches_numpy(tmp_path):
+    out = tmp_path / "parity.json"
+    subprocess.run([sys.executable, "benchmarks/gpu_parity.py", "--against", "cupy", "--out", str(out)],
+                   check=True, cwd=ROOT)
+    import json
+    result = json.loads(out.read_text())
+    assert result["loss_relative_error"] < 1e-5, result
+    assert result["max_gradient_relative_error"] < 1e-4, result
