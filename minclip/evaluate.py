@@ -97,22 +97,30 @@ def main(argv=None):
 
     from minclip.train import use_backend_or_exit
     use_backend_or_exit(args.backend)
+    from minclip.data import BadImageError
+    try:
+        metrics = evaluate_files(args)
+    except (FileNotFoundError, ValueError, BadImageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(metrics) if args.json else format_table(metrics))
+    return 0
+
+
+def evaluate_files(args):
+    """The metrics of the checkpoint and data that the command-line ``args`` name."""
     from minclip.checkpoint import load_checkpoint_model
     model, tokenizer = load_checkpoint_model(args.checkpoint)
     size = model.config.image_resolution
-
-    if args.zeroshot_data or args.val_data:
-        from minclip.data import CsvDataset, ImageFolder, clip_transform
-        transform = clip_transform(size)
-        zeroshot = {"test": ImageFolder(args.zeroshot_data, transform)} if args.zeroshot_data else None
-        retrieval = CsvDataset(args.val_data, transform, img_key=args.csv_img_key,
-                               caption_key=args.csv_caption_key, sep=args.csv_separator) if args.val_data else None
-        metrics = evaluate(model, tokenizer, zeroshot, retrieval, single_prompt=args.single_prompt)
-    else:
-        metrics = evaluate(model, tokenizer, single_prompt=args.single_prompt,
-                           **builtin_sets(size, probe=not args.no_linear_probe))
-    print(json.dumps(metrics) if args.json else format_table(metrics))
-    return 0
+    if not (args.zeroshot_data or args.val_data):
+        return evaluate(model, tokenizer, single_prompt=args.single_prompt,
+                        **builtin_sets(size, probe=not args.no_linear_probe))
+    from minclip.data import CsvDataset, ImageFolder, clip_transform
+    transform = clip_transform(size)
+    zeroshot = {"test": ImageFolder(args.zeroshot_data, transform)} if args.zeroshot_data else None
+    retrieval = CsvDataset(args.val_data, transform, img_key=args.csv_img_key,
+                           caption_key=args.csv_caption_key, sep=args.csv_separator) if args.val_data else None
+    return evaluate(model, tokenizer, zeroshot, retrieval, single_prompt=args.single_prompt)
 
 
 if __name__ == "__main__":

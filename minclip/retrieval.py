@@ -23,6 +23,9 @@ def ranks(similarity, matches):
     at least as high as the best right one is ranked above it, so a model that
     gives every caption the same score ranks last, not first.
     """
+    if similarity.shape != matches.shape:
+        raise ValueError(f"ranks: similarity {similarity.shape} and matches {matches.shape} differ in shape: "
+                         f"retrieval needs N images and N texts, pair i together, and one group id per pair")
     best_match = np.where(matches, similarity, -np.inf).max(axis=1, keepdims=True)   # (N, 1)
     return 1 + ((similarity >= best_match) & ~matches).sum(axis=1)                    # (N,)
 

@@ -179,6 +179,8 @@ def train(args):
         raise SystemExit(f"error: {len(train_set)} training images are fewer than one batch of {args.batch_size}")
 
     resume_path = os.path.join(ckpt_dir, "latest.safetensors") if args.resume == "latest" else args.resume
+    if resume_path and not os.path.isfile(resume_path):
+        raise FileNotFoundError(f"--resume: no checkpoint {resume_path}")
     tokenizer_path = os.path.join(run_dir, "tokenizer.txt")
     if resume_path and config.tokenizer == "trained":
         tokenizer = CLIPTokenizer.load(tokenizer_path)
@@ -218,8 +220,10 @@ def train(args):
             loss = train_step(model, optimizer, backend.asarray(images), backend.asarray(ids), args)
             if not math.isfinite(loss):
                 progress.close()
-                raise NonFiniteLoss(f"the loss became {loss} at step {step}; stopped, the last good "
-                                    f"checkpoint is {os.path.join(ckpt_dir, 'latest.safetensors')}. "
+                latest = os.path.join(ckpt_dir, "latest.safetensors")
+                kept = f"the last good checkpoint is {latest}" if os.path.isfile(latest) else \
+                    "no checkpoint was saved before it"
+                raise NonFiniteLoss(f"the loss became {loss} at step {step}; stopped, {kept}. "
                                     f"Try a lower --lr or a smaller --grad-clip-norm.")
             step += 1
             toc = time.perf_counter()
@@ -245,6 +249,8 @@ def train(args):
                 f"{k} {100 * v:.1f}%" for k, v in last_metrics.items() if k.endswith("top1")))
         draw_plots(run_dir)
     progress.close()
+    if getattr(train_set, "skipped", 0):
+        print(f"skipped {train_set.skipped} unreadable images of {args.train_data} (--skip-bad-images)")
 
     if not args.no_eval and (zeroshot or retrieval or probe):
         last_metrics = evaluate(model, tokenizer, zeroshot=zeroshot, retrieval=retrieval, probe=probe)
@@ -264,14 +270,12 @@ def _progress(total, initial, disable):
 
 
 def main(argv=None):
+    from minclip.data import BadImageError
     args = parse_args(argv)
     use_backend_or_exit(args.backend)
     try:
         train(args)
-    except NonFiniteLoss as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, ValueError) as error:
+    except (NonFiniteLoss, FileNotFoundError, ValueError, BadImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

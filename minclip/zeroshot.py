@@ -40,7 +40,12 @@ def encode_images(model, dataset, batch_size=256):
 
 
 def zero_shot_classifier(model, classnames, templates, tokenizer):
-    """One unit vector per class from a prompt ensemble: shape (C, E)."""
+    """One unit vector per class from a prompt ensemble: shape (C, E).
+
+    Hint: for each class, fill every template with its name, embed the
+    prompts with ``encode_texts`` (rows already normalized), average them,
+    and divide the mean by its own norm.
+    """
     # BEGIN EXERCISE 7.1: the zero-shot classifier from prompt templates
     weights = []
     for name in classnames:
@@ -57,11 +62,18 @@ def topk_accuracy(logits, labels, ks=(1, 5)):
 
     A tie with the true class counts against it (the true class must beat
     every class ranked above it), so a constant classifier scores 0, not 1.
+    ``logits`` (N, C), ``labels`` (N,) ints; returns ``{k: accuracy}``.
+
+    Hint: the rank of the true class is the number of classes whose logit
+    is at least the true one (itself included); a row counts for k when its
+    rank is at most k.
     """
+    # BEGIN EXERCISE 7.3: top-k accuracy, ties counted against
     logits, labels = backend.to_numpy(logits), backend.to_numpy(labels)
-    true = logits[range(len(labels)), labels][:, None]
-    rank = (logits >= true).sum(axis=1)                               # 1 = strictly best
+    true = logits[range(len(labels)), labels][:, None]                # (N, 1)
+    rank = (logits >= true).sum(axis=1)                               # (N,) 1 = strictly best
     return {k: float((rank <= k).mean()) for k in ks}
+    # END EXERCISE
 
 
 def zero_shot_evaluate(model, dataset, classnames, templates, tokenizer, classifier=None):
