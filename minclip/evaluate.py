@@ -21,7 +21,6 @@ import sys
 
 import numpy as np
 
-from minclip import backend
 from minclip.linear_probe import linear_probe_evaluate
 from minclip.retrieval import retrieval_metrics
 from minclip.zeroshot import DEFAULT_TEMPLATES, encode_images, encode_texts, zero_shot_evaluate

@@ -561,7 +561,6 @@ class Max(Function):
         return self.out.reshape(()) if axis is None else self.out.squeeze(axis)
 
     def backward(self, g):
-        xp = array_module(g)
         mask = (self.a == self.out).astype(g.dtype)
         mask /= mask.sum(axis=self.axis, keepdims=True)
         if not self.keepdims:

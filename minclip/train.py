@@ -23,9 +23,20 @@ import sys
 import time
 import warnings
 
+from tqdm import tqdm
+
 from minclip import backend
 from minclip.backend import xp
+from minclip.checkpoint import load_checkpoint, save_checkpoint
+from minclip.checkpoint import save as save_weights
+from minclip.data import BadImageError, CsvDataset, DataLoader, ImageFolder, clip_transform, shapes
+from minclip.evaluate import builtin_sets, evaluate, format_table
+from minclip.loss import clip_loss, siglip_loss
+from minclip.model import CLIP, CLIPConfig
+from minclip.optim import AdamW, CosineSchedule, clip_grad_norm_, param_groups_for_weight_decay
+from minclip.runlog import append_jsonl, draw_plots
 from minclip.tensor import Tensor, no_grad
+from minclip.tokenizer import CLIPTokenizer, tokenize
 
 LOGIT_SCALE_MAX = math.log(100)
 
@@ -79,7 +90,6 @@ def use_backend_or_exit(name):
 
 def build_datasets(args, image_size):
     """(train, retrieval, zero-shot sets, linear-probe pair) from the flags."""
-    from minclip.data import CsvDataset, ImageFolder, clip_transform, shapes
     if args.train_data:
         train = CsvDataset(args.train_data, clip_transform(image_size, train=True), img_key=args.csv_img_key,
                            caption_key=args.csv_caption_key, sep=args.csv_separator,
@@ -96,7 +106,6 @@ def build_datasets(args, image_size):
     if args.zeroshot_data:
         zeroshot = {"test": ImageFolder(args.zeroshot_data, clip_transform(image_size))}
     if not args.train_data:
-        from minclip.evaluate import builtin_sets
         sets = builtin_sets(image_size)
         retrieval = retrieval or sets["retrieval"]
         zeroshot = zeroshot or sets["zeroshot"]
@@ -106,7 +115,6 @@ def build_datasets(args, image_size):
 
 def build_tokenizer(config, captions):
     """The preset's tokenizer: OpenAI's vocabulary, or a small BPE trained on the captions."""
-    from minclip.tokenizer import CLIPTokenizer
     if config.tokenizer == "openai":
         return CLIPTokenizer()
     with warnings.catch_warnings():  # a small caption set may run out of merges: fine
@@ -115,7 +123,6 @@ def build_tokenizer(config, captions):
 
 
 def build_optimizer(model, args, total_steps):
-    from minclip.optim import AdamW, CosineSchedule, param_groups_for_weight_decay
     optimizer = AdamW(param_groups_for_weight_decay(model.named_parameters(), args.wd),
                       lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
     warmup = args.warmup if args.warmup is not None else max(1, total_steps // 20)
@@ -126,14 +133,12 @@ def build_optimizer(model, args, total_steps):
 
 def contrastive_loss(model, images, ids, loss_name):
     """Forward both towers and the chosen contrastive loss."""
-    from minclip.loss import clip_loss, siglip_loss
     outputs = model(images, ids)
     return clip_loss(*outputs) if loss_name == "clip" else siglip_loss(*outputs)
 
 
 def train_step(model, optimizer, images, ids, args):
     """One step: forward, backward, clip, update, clamp the temperature. Returns the loss."""
-    from minclip.optim import clip_grad_norm_
     # BEGIN EXERCISE 6.3: one CLIP training step
     loss = contrastive_loss(model, Tensor(images), Tensor(ids), args.loss)
     optimizer.zero_grad()
@@ -155,12 +160,6 @@ class NonFiniteLoss(RuntimeError):
 
 def train(args):
     """Run training as configured by ``args``; returns the final metrics dict."""
-    from minclip.checkpoint import load_checkpoint, save_checkpoint
-    from minclip.data import DataLoader
-    from minclip.evaluate import evaluate, format_table
-    from minclip.model import CLIP, CLIPConfig
-    from minclip.runlog import append_jsonl, draw_plots
-    from minclip.tokenizer import CLIPTokenizer, tokenize
 
     config = dataclasses.replace(CLIPConfig.preset(args.model), loss=args.loss)
     epochs, lr = PRESET_SCHEDULES.get(args.model.replace("/", "-"), (10, 5e-4))
@@ -249,6 +248,7 @@ def train(args):
                 f"{k} {100 * v:.1f}%" for k, v in last_metrics.items() if k.endswith("top1")))
         draw_plots(run_dir)
     progress.close()
+    save_weights(model, os.path.join(run_dir, "model.safetensors"))   # weights only: loads in open_clip
     if getattr(train_set, "skipped", 0):
         print(f"skipped {train_set.skipped} unreadable images of {args.train_data} (--skip-bad-images)")
 
@@ -265,12 +265,10 @@ def train(args):
 
 
 def _progress(total, initial, disable):
-    from tqdm import tqdm
     return tqdm(total=total, initial=initial, disable=disable, unit="step", dynamic_ncols=True)
 
 
 def main(argv=None):
-    from minclip.data import BadImageError
     args = parse_args(argv)
     use_backend_or_exit(args.backend)
     try:
