@@ -149,7 +149,8 @@ class Softmax(Function):
     def forward(self, x, axis):
         xp = array_module(x)
         self.axis = axis
-        e = xp.exp(x - x.max(axis=axis, keepdims=True))
+        e = x - x.max(axis=axis, keepdims=True)
+        xp.exp(e, out=e)                                              # in place: one array, not two
         e /= e.sum(axis=axis, keepdims=True)
         self.y = e
         return e
@@ -273,13 +274,14 @@ class LayerNorm(Function):
 
     def forward(self, x, weight, bias, eps):
         xp = array_module(x)
-        mu = x.mean(axis=-1, keepdims=True)
-        xc = x - mu
-        var = (xc * xc).mean(axis=-1, keepdims=True)
-        self.rstd = 1.0 / xp.sqrt(var + x.dtype.type(eps))
-        self.xhat = xc * self.rstd                                   # (..., D)
-        self.weight = weight
-        return self.xhat * weight + bias
+        xhat = x - x.mean(axis=-1, keepdims=True)                    # (..., D), centred
+        var = xp.einsum("...d,...d->...", xhat, xhat)[..., None] / x.shape[-1]   # no (..., D) temporary
+        self.rstd = 1.0 / xp.sqrt(var + x.dtype.type(eps))            # (..., 1)
+        xhat *= self.rstd                                             # normalized, in place
+        self.xhat, self.weight = xhat, weight
+        out = xhat * weight
+        out += bias
+        return out
 
     def backward(self, g):
         """Gradients (dx, dweight, dbias), None for an input that needs none.
@@ -295,9 +297,10 @@ class LayerNorm(Function):
         gb = g.sum(axis=leading) if self.needs_grad[2] else None
         gx = None
         if self.needs_grad[0]:
-            gh = g * self.weight
-            gx = gh - gh.mean(axis=-1, keepdims=True)
-            gx -= xhat * (gh * xhat).mean(axis=-1, keepdims=True)
+            gx = g * self.weight                                      # ĝ, then dx in place
+            ghat_xhat = (gx * xhat).mean(axis=-1, keepdims=True)
+            gx -= gx.mean(axis=-1, keepdims=True)
+            gx -= xhat * ghat_xhat
             gx *= rstd
         return gx, gw, gb
         # END EXERCISE

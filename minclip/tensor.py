@@ -651,9 +651,11 @@ class Sigmoid(Function):
 
 
 class ReLU(Function):
+    """max(x, 0); the gradient passes where the output is positive."""
+
     def forward(self, a):
-        self.positive = a > 0
-        return a * self.positive
+        self.out = array_module(a).maximum(a, a.dtype.type(0))
+        return self.out
 
     def backward(self, g):
-        return (g * self.positive,)
+        return (g * (self.out > 0),)
