@@ -54,21 +54,28 @@ class BatchNormFunction(Function):
     The two extra terms in training come from mean and var depending on x
     (the same derivation as layer norm's, over N, H, W instead of features);
     they reuse the sums dw and db, so the whole backward is a few passes.
+
+    Forward folds everything into one scale and shift per channel,
+    y = x · (w / √(var + eps)) + (b - mean · w / √(var + eps)): two passes over
+    x. It saves x (which is alive anyway) rather than x̂, and backward
+    recomputes x̂: one activation-sized array less per layer.
     """
 
     def forward(self, x, weight, bias, *, mean, var, eps, batch_stats):
         per_channel = (1, -1, 1, 1)
         rstd = (1 / array_module(x).sqrt(var + eps)).astype(x.dtype, copy=False)   # (C,)
-        self.xhat = x - mean.astype(x.dtype, copy=False).reshape(per_channel)   # (N, C, H, W)
-        self.xhat *= rstd.reshape(per_channel)                             # in place: one array, not two
-        self.scale = (weight * rstd).reshape(per_channel)                  # w / √(var + eps)
+        mean = mean.astype(x.dtype, copy=False)
+        scale = weight * rstd                                              # (C,) w / √(var + eps)
+        self.x, self.mean, self.rstd, self.scale = x, mean, rstd, scale.reshape(per_channel)
         self.batch_stats = batch_stats
-        out = self.xhat * weight.reshape(per_channel)
-        out += bias.reshape(per_channel)
+        out = x * self.scale                                               # (N, C, H, W)
+        out += (bias - mean * scale).reshape(per_channel)
         return out
 
     def backward(self, g):
-        xhat, axes, per_channel = self.xhat, (0, 2, 3), (1, -1, 1, 1)
+        axes, per_channel = (0, 2, 3), (1, -1, 1, 1)
+        xhat = self.x - self.mean.reshape(per_channel)                     # recomputed x̂
+        xhat *= self.rstd.reshape(per_channel)
         gw = (g * xhat).sum(axis=axes)                                     # (C,)
         gb = g.sum(axis=axes)                                              # (C,)
         gx = None
