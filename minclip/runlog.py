@@ -23,10 +23,13 @@ def read_jsonl(path):
 
 
 def draw_plots(run_dir):
-    """Redraw the run's plots from its metrics and results files."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Redraw the run's plots from its metrics and results files.
+
+    Figures are built with ``matplotlib.figure.Figure`` and saved directly, not
+    through pyplot: that needs no GUI backend and leaves the caller's one alone
+    (switching to "Agg" here would silence a notebook's inline plots).
+    """
+    from matplotlib.figure import Figure
 
     steps = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
     results = read_jsonl(os.path.join(run_dir, "results.jsonl"))
@@ -35,16 +38,16 @@ def draw_plots(run_dir):
     for key, label in (("loss", "training loss"), ("lr", "learning rate"), ("logit_scale", "logit scale (exp)")):
         if not steps:
             break
-        fig, ax = plt.subplots(figsize=(5, 3.2))
+        fig = Figure(figsize=(5, 3.2), layout="tight")
+        ax = fig.subplots()
         ax.plot([s["step"] for s in steps], [s[key] for s in steps])
         ax.set_xlabel("step")
         ax.set_ylabel(label)
-        fig.tight_layout()
         fig.savefig(os.path.join(plots, f"{key}.png"), dpi=100)
-        plt.close(fig)
     accuracy_keys = sorted({k for r in results for k in r if k.endswith("zeroshot-top1")})
     if results and accuracy_keys:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
+        fig = Figure(figsize=(5, 3.2), layout="tight")
+        ax = fig.subplots()
         for key in accuracy_keys:
             points = [(r["epoch"], r[key]) for r in results if key in r]
             ax.plot(*zip(*points), marker="o", label=key)
@@ -52,6 +55,4 @@ def draw_plots(run_dir):
         ax.set_ylabel("zero-shot top-1")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7)
-        fig.tight_layout()
         fig.savefig(os.path.join(plots, "zeroshot_accuracy.png"), dpi=100)
-        plt.close(fig)

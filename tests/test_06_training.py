@@ -19,11 +19,11 @@ import pytest
 from PIL import Image
 
 import minclip.checkpoint
-import minclip.runlog
 from minclip import backend, train
 from minclip.checkpoint import load_checkpoint, load_checkpoint_model, read_tensors
 from minclip.model import CLIP, CLIPConfig
 from minclip.optim import AdamW
+from minclip.runlog import draw_plots
 
 from conftest import GPU
 
@@ -45,12 +45,6 @@ def micro_batch(n=8):
     ids = rng.integers(1, 63, size=(n, 8))
     ids[:, -1] = 63
     return rng.standard_normal((n, 3, 16, 16)).astype(np.float32), ids
-
-
-@pytest.fixture(autouse=True)
-def no_plots(monkeypatch):
-    """Drawing the run's plots takes longer than a tiny run's training: only the shared run below draws them."""
-    monkeypatch.setattr(minclip.runlog, "draw_plots", lambda run_dir: None)
 
 
 def run_cli(logs, *flags):
@@ -194,6 +188,20 @@ def test_a_checkpoint_write_killed_halfway_keeps_the_old_file(three_step_run, tm
     assert latest.read_bytes() == before, "an interrupted save must leave the previous checkpoint as it was"
     assert sorted(os.listdir(checkpoints(logs))) == ["epoch_1.safetensors", "latest.safetensors"], (
         f"no half-written temporary file may stay behind: {sorted(os.listdir(checkpoints(logs)))}")
+
+
+def test_the_plots_leave_matplotlibs_backend_alone(three_step_run, tmp_path):
+    import matplotlib
+    shutil.copy(three_step_run / RUN_NAME / "metrics.jsonl", tmp_path)
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")                                  # stands for a notebook's inline backend
+    try:
+        draw_plots(tmp_path)
+        assert matplotlib.get_backend() == "svg", (
+            "draw_plots switched matplotlib's backend: after a training run a notebook shows no more plots")
+    finally:
+        matplotlib.use(before)
+    assert (tmp_path / "plots" / "loss.png").is_file()
 
 
 # ---------------------------------------------------------------- CSV training data
