@@ -66,11 +66,11 @@ def minclip_trainer(model, images, ids):
     return lambda: train_step(model, optimizer, images, ids, args)
 
 
-def torch_trainer(twin, images, ids):
+def torch_trainer(twin, images, ids, device="cpu"):
     """The same step in PyTorch, in the same order (loss, zero_grad, backward, clip, step, clamp)."""
     optimizer = torch.optim.AdamW(param_groups_for_weight_decay(twin.named_parameters(), WEIGHT_DECAY),
                                   lr=LR, betas=BETAS, eps=EPS)
-    images, ids = torch.from_numpy(images), torch.from_numpy(ids)
+    images, ids = torch.from_numpy(images).to(device), torch.from_numpy(ids).to(device)
 
     def step():
         loss = torch_clip.clip_loss(*twin(images, ids))
