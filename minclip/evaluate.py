@@ -79,15 +79,20 @@ def builtin_sets(image_size, probe=True):
     return sets
 
 
+def add_csv_arguments(parser):
+    """The CSV flags, with open_clip's names and defaults (shared with the training CLI)."""
+    parser.add_argument("--csv-img-key", default="filepath", help="CSV column of image paths (default: filepath)")
+    parser.add_argument("--csv-caption-key", default="title", help="CSV column of captions (default: title)")
+    parser.add_argument("--csv-separator", default="\t", help="CSV separator (default: tab)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minclip.evaluate", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a minclip checkpoint or weights file (.safetensors)")
     parser.add_argument("--zeroshot-data", help="image folder with one sub-folder per class (default: built-in test sets)")
     parser.add_argument("--val-data", help="CSV/TSV of image paths and captions for retrieval")
-    parser.add_argument("--csv-img-key", default="filepath", help="CSV column with image paths (default: filepath)")
-    parser.add_argument("--csv-caption-key", default="title", help="CSV column with captions (default: title)")
-    parser.add_argument("--csv-separator", default="\t", help="CSV separator (default: tab)")
+    add_csv_arguments(parser)
     parser.add_argument("--no-linear-probe", action="store_true", help="skip the linear probe (built-in data only)")
     parser.add_argument("--single-prompt", action="store_true", help="use only the first template, not the ensemble")
     parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array backend (default: numpy)")

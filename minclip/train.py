@@ -30,7 +30,7 @@ from minclip.backend import xp
 from minclip.checkpoint import load_checkpoint, save_checkpoint
 from minclip.checkpoint import save as save_weights
 from minclip.data import BadImageError, CsvDataset, DataLoader, ImageFolder, clip_transform, shapes
-from minclip.evaluate import builtin_sets, evaluate, format_table
+from minclip.evaluate import add_csv_arguments, builtin_sets, evaluate, format_table
 from minclip.loss import clip_loss, siglip_loss
 from minclip.model import CLIP, CLIPConfig
 from minclip.optim import AdamW, CosineSchedule, clip_grad_norm_, param_groups_for_weight_decay
@@ -51,9 +51,7 @@ def parse_args(argv=None):
     data.add_argument("--train-data", help="CSV/TSV of image paths and captions (default: the built-in dataset)")
     data.add_argument("--val-data", help="CSV/TSV for retrieval evaluation (default: built-in validation split)")
     data.add_argument("--zeroshot-data", help="image folder, one sub-folder per class, for zero-shot evaluation")
-    data.add_argument("--csv-img-key", default="filepath", help="CSV column of image paths (default: filepath)")
-    data.add_argument("--csv-caption-key", default="title", help="CSV column of captions (default: title)")
-    data.add_argument("--csv-separator", default="\t", help="CSV separator (default: tab)")
+    add_csv_arguments(data)
     data.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of stopping")
     data.add_argument("--train-num-samples", type=int, help="built-in dataset: number of training images (default 10000)")
     model = p.add_argument_group("model and optimization")
