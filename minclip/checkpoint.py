@@ -263,7 +263,13 @@ def _to_json(value, what):
 
 
 def load_checkpoint_model(path):
-    """(model, tokenizer) from a checkpoint or model file, ready for evaluation.
+    """(model, tokenizer) from a checkpoint or model file, ready for evaluation."""
+    model = load(path)
+    return model, load_checkpoint_tokenizer(path, model.config)
+
+
+def load_checkpoint_tokenizer(path, config):
+    """The tokenizer a checkpoint was trained with.
 
     A checkpoint's ``meta["tokenizer"]`` is "openai" or the path of the BPE
     file that training wrote, relative to the checkpoint's own folder (so a
@@ -271,16 +277,15 @@ def load_checkpoint_model(path):
     unless its config says it was trained with its own.
     """
     from minclip.tokenizer import CLIPTokenizer
-    model = load(path)
     _, metadata = read_header(path)
     source = json.loads(metadata.get("meta", "{}")).get("tokenizer", "openai")
-    if model.config.tokenizer == "trained" and source == "openai":
+    if config.tokenizer == "trained" and source == "openai":
         raise WeightsFileError(f"{path}: this model was trained with its own tokenizer, and the file "
                                f"does not say where that tokenizer was saved")
     if source == "openai":
-        return model, CLIPTokenizer()
+        return CLIPTokenizer()
     source = os.path.join(os.path.dirname(os.path.abspath(path)), source)
     if not os.path.isfile(source):
         raise FileNotFoundError(f"{path} needs its tokenizer file {source}, which does not exist "
                                 f"(it is written next to the checkpoints' folder during training)")
-    return model, CLIPTokenizer.load(source)
+    return CLIPTokenizer.load(source)

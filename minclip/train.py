@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from minclip import backend
 from minclip.backend import xp
-from minclip.checkpoint import load_checkpoint, save_checkpoint
+from minclip.checkpoint import load_checkpoint, load_checkpoint_tokenizer, save_checkpoint
 from minclip.checkpoint import save as save_weights
 from minclip.data import BadImageError, CsvDataset, DataLoader, ImageFolder, clip_transform, shapes
 from minclip.evaluate import add_csv_arguments, builtin_sets, evaluate, format_table
@@ -53,6 +53,8 @@ def parse_args(argv=None):
     data.add_argument("--zeroshot-data", help="image folder, one sub-folder per class, for zero-shot evaluation")
     add_csv_arguments(data)
     data.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of stopping")
+    data.add_argument("--augment", action="store_true",
+                      help="random resized crops of CSV training images (then --resume is not bit-identical)")
     data.add_argument("--train-num-samples", type=int, help="built-in dataset: number of training images (default 10000)")
     model = p.add_argument_group("model and optimization")
     model.add_argument("--model", default="tiny-vit", help="preset: tiny-vit, tiny-rn, ViT-B-32, RN50 (default tiny-vit)")
@@ -89,7 +91,8 @@ def use_backend_or_exit(name):
 def build_datasets(args, image_size):
     """(train, retrieval, zero-shot sets, linear-probe pair) from the flags."""
     if args.train_data:
-        train = CsvDataset(args.train_data, clip_transform(image_size, train=True), img_key=args.csv_img_key,
+        transform = clip_transform(image_size, train=args.augment, seed=args.seed)
+        train = CsvDataset(args.train_data, transform, img_key=args.csv_img_key,
                            caption_key=args.csv_caption_key, sep=args.csv_separator,
                            skip_bad_images=args.skip_bad_images)
     else:
@@ -172,15 +175,13 @@ def train(args):
     loader = DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed)
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * args.epochs
-    if steps_per_epoch == 0:
-        raise SystemExit(f"error: {len(train_set)} training images are fewer than one batch of {args.batch_size}")
-
     resume_path = os.path.join(ckpt_dir, "latest.safetensors") if args.resume == "latest" else args.resume
     if resume_path and not os.path.isfile(resume_path):
         raise FileNotFoundError(f"--resume: no checkpoint {resume_path}")
     tokenizer_path = os.path.join(run_dir, "tokenizer.txt")
     if resume_path and config.tokenizer == "trained":
-        tokenizer = CLIPTokenizer.load(tokenizer_path)
+        tokenizer = load_checkpoint_tokenizer(resume_path, config)   # the one the checkpoint was trained with
+        tokenizer.save(tokenizer_path)
     else:
         tokenizer = build_tokenizer(config, list(train_set.captions))
         if config.tokenizer == "trained":
