@@ -4,6 +4,7 @@ Compute code reaches arrays only through the backend (``xp``, or a tensor's
 own ``.xp``), so the same lines run on a GPU. Only the modules listed below
 touch NumPy directly, each for a reason at the host boundary.
 """
+import json
 import pathlib
 import re
 import subprocess
@@ -66,23 +67,30 @@ def test_gpu_check_script_stops_cleanly_without_a_gpu(tmp_path):
     assert "GPU" in result.stderr and "Traceback" not in result.stderr
 
 
+def _parity(against, tmp_path):
+    """The JSON result of ``benchmarks/gpu_parity.py --against AGAINST``. In the
+    student edition the script stops at an unsolved exercise: its
+    NotImplementedError is raised again here, so the test waits for that exercise."""
+    out = tmp_path / "parity.json"
+    run = subprocess.run([sys.executable, "benchmarks/gpu_parity.py", "--against", against, "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True)
+    if run.returncode != 0:
+        unsolved = re.search(r"^NotImplementedError: (Exercise \d+\.\d+.*)$", run.stderr, re.MULTILINE)
+        if unsolved:
+            raise NotImplementedError(f"{unsolved.group(1)} (reached by benchmarks/gpu_parity.py)")
+        pytest.fail(f"benchmarks/gpu_parity.py --against {against} failed:\n{run.stdout}{run.stderr}", pytrace=False)
+    return json.loads(out.read_text())
+
+
 def test_parity_script_runs_on_numpy_against_itself(tmp_path):
     """The GPU parity check, run NumPy vs NumPy: its plumbing works and agrees exactly."""
-    out = tmp_path / "parity.json"
-    subprocess.run([sys.executable, "benchmarks/gpu_parity.py", "--against", "numpy", "--out", str(out)],
-                   check=True, cwd=ROOT, capture_output=True, text=True)
-    import json
-    result = json.loads(out.read_text())
+    result = _parity("numpy", tmp_path)
     assert result["loss_relative_error"] == 0.0 and result["max_gradient_relative_error"] == 0.0, result
 
 
 @pytest.mark.gpu
 @requires_gpu
 def test_training_step_on_cupy_matches_numpy(tmp_path):
-    out = tmp_path / "parity.json"
-    subprocess.run([sys.executable, "benchmarks/gpu_parity.py", "--against", "cupy", "--out", str(out)],
-                   check=True, cwd=ROOT)
-    import json
-    result = json.loads(out.read_text())
+    result = _parity("cupy", tmp_path)
     assert result["loss_relative_error"] < 1e-5, result
     assert result["max_gradient_relative_error"] < 1e-4, result
