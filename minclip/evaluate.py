@@ -19,8 +19,6 @@ import argparse
 import json
 import sys
 
-import numpy as np
-
 from minclip.linear_probe import linear_probe_evaluate
 from minclip.retrieval import retrieval_metrics
 from minclip.zeroshot import DEFAULT_TEMPLATES, encode_images, encode_texts, zero_shot_evaluate
@@ -46,7 +44,8 @@ def evaluate(model, tokenizer, zeroshot=None, retrieval=None, probe=None, single
     if retrieval is not None:
         captions = [retrieval[i][1] for i in range(len(retrieval))] if not hasattr(retrieval, "captions") \
             else list(retrieval.captions)
-        _, groups = np.unique(captions, return_inverse=True)        # identical captions all match
+        ids = {}
+        groups = [ids.setdefault(caption, len(ids)) for caption in captions]   # identical captions all match
         metrics.update(retrieval_metrics(encode_images(model, retrieval),
                                          encode_texts(model, captions, tokenizer), groups=groups))
     if probe is not None:

@@ -22,8 +22,6 @@ HOST_BOUNDARY = {
     "gradcheck.py": "finite differences run element by element on the host, in float64",
     "checkpoint.py": "reads and writes files (safetensors) on the host",
     "convert.py": "converts files on the host",
-    "retrieval.py": "metrics are computed on the host from a copied similarity matrix",
-    "evaluate.py": "groups identical captions on the host",
     "tokenizer/": "text is tokenized on the host; ids go to the device with the batch",
     "data/": "images are decoded and batched on the host; the batch is copied once",
     "exercises/": "course tooling, no array compute",

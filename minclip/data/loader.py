@@ -50,10 +50,10 @@ class Dataset:
     templates = None
 
     def __len__(self):
-        raise NotImplementedError(f"{type(self).__name__} must define __len__")
+        raise TypeError(f"{type(self).__name__} must define __len__")
 
     def __getitem__(self, index):
-        raise NotImplementedError(f"{type(self).__name__} must define __getitem__")
+        raise TypeError(f"{type(self).__name__} must define __getitem__")
 
     def batch(self, indices):
         """(images float32 (B, 3, H, W), captions) for ``indices``, one example at a time."""
