@@ -17,6 +17,7 @@ from minclip.zeroshot import topk_accuracy
 
 def fit_linear_probe(features, labels, num_classes, steps=300, lr=0.05, weight_decay=1e-3):
     """Fit logistic regression on frozen ``features`` (N, E); returns the Linear layer."""
+    # BEGIN EXERCISE 7.4: Zero-shot versus a linear probe
     probe = Linear(features.shape[1], num_classes)
     optimizer = AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
     x = Tensor(features)
@@ -27,6 +28,7 @@ def fit_linear_probe(features, labels, num_classes, steps=300, lr=0.05, weight_d
         loss.backward()
         optimizer.step()
     return probe
+    # END EXERCISE
 
 
 def linear_probe_evaluate(train_features, train_labels, test_features, test_labels, num_classes, **fit_options):

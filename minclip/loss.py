@@ -42,9 +42,15 @@ class LogSigmoid(Function):
     """
 
     def forward(self, z):
+        """log σ(z) = min(z, 0) - log(1 + e^{-|z|}); saves z for the backward.
+
+        Hint: every exponent must be ≤ 0; ``xp.log1p`` keeps log(1 + tiny) exact.
+        """
+        # BEGIN EXERCISE 5.4: the stable log-sigmoid
         xp = array_module(z)
         self.z = z
         return xp.minimum(z, 0) - xp.log1p(xp.exp(-xp.abs(z)))
+        # END EXERCISE
 
     def backward(self, g):
         return (g * stable_sigmoid(-self.z),)

@@ -59,6 +59,7 @@ def test_denormalize_inverts_normalize():
     np.testing.assert_array_equal(denormalize(normalize(images)), images)
 
 
+@pytest.mark.exercise("6.4")
 def test_clip_transform_resizes_shorter_side_then_crops_the_centre():
     rng = np.random.default_rng(2)
     image = Image.fromarray(rng.integers(0, 256, size=(30, 50, 3), dtype=np.uint8))   # 50 wide, 30 high
@@ -71,6 +72,7 @@ def test_clip_transform_resizes_shorter_side_then_crops_the_centre():
     np.testing.assert_allclose(out, expected.transpose(2, 0, 1), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.exercise("6.4")
 def test_center_crop_rounds_half_to_even_like_torchvision():
     # 25 - 16 = 9 pixels to remove: round(4.5) == 4 in Python, so 4 go on the left.
     columns = np.tile(np.arange(25, dtype=np.uint8), (16, 1))            # pixel value = its x

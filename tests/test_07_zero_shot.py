@@ -202,6 +202,7 @@ def test_retrieval_counts_identical_captions_as_matches(tmp_path):
         f"(evaluate groups identical captions); got {metrics}")
 
 
+@pytest.mark.exercise("7.4")
 def test_the_linear_probe_separates_separable_features():
     rng = np.random.default_rng(0)
     centres = 3 * np.eye(3, 4)                                               # 3 classes in 4-D

@@ -75,9 +75,11 @@ def center_crop(image, size):
     The offset ``round((W - size) / 2)`` uses Python's round, as torchvision does,
     so odd margins split the same way as in the reference.
     """
+    # BEGIN EXERCISE 6.4: the centre crop
     width, height = image.size
     left, top = round((width - size) / 2), round((height - size) / 2)
     return image.crop((left, top, left + size, top + size))
+    # END EXERCISE
 
 
 def random_resized_crop(image, size, rng, scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)):
