@@ -9,9 +9,8 @@ numerical estimate, one input element at a time, is
 with an error of order eps² (and rounding of order ε_machine / eps, which is
 why the check runs in float64). If the two disagree, backward is wrong.
 """
-import numpy as np
-
 from minclip import backend
+from minclip.backend import array_module
 from minclip.tensor import Tensor
 
 
@@ -34,25 +33,25 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-6, rtol=1e-4, seed=0):
         raise ValueError("gradcheck: no floating-point input to differentiate")
 
     out = fn(*tensors)
-    upstream = backend.asarray(np.random.default_rng(seed).standard_normal(out.shape))
+    xp = array_module(out.data)
+    upstream = xp.asarray(xp.random.default_rng(seed).standard_normal(out.shape))   # a fixed random dL/d(out)
     out.backward(upstream)
-    r = backend.to_numpy(upstream)
 
     def loss():
-        return float((backend.to_numpy(fn(*tensors).data) * r).sum())
+        return float((fn(*tensors).data * upstream).sum())
 
     for i in differentiable:
         t = tensors[i]
-        analytic = backend.to_numpy(t.grad) if t.grad is not None else np.zeros(t.shape)
+        analytic = t.grad if t.grad is not None else xp.zeros(t.shape)
         numeric = _numerical_gradient(loss, t, eps)
-        error = np.abs(analytic - numeric)
-        bad = error > atol + rtol * np.abs(numeric)
+        error = xp.abs(analytic - numeric)
+        bad = error > atol + rtol * xp.abs(numeric)
         if bad.any():
-            worst = np.unravel_index(np.argmax(error - rtol * np.abs(numeric)), t.shape)
-            relative = error[worst] / max(abs(numeric[worst]), 1e-12)
+            worst = tuple(int(j) for j in xp.unravel_index(int(xp.argmax(error - rtol * xp.abs(numeric))), t.shape))
+            relative = float(error[worst]) / max(abs(float(numeric[worst])), 1e-12)
             raise GradcheckError(
-                f"gradcheck failed for input {i} (shape {t.shape}): at index {tuple(int(j) for j in worst)} "
-                f"backward gives {analytic[worst]:.8g} but finite differences give {numeric[worst]:.8g} "
+                f"gradcheck failed for input {i} (shape {t.shape}): at index {worst} "
+                f"backward gives {float(analytic[worst]):.8g} but finite differences give {float(numeric[worst]):.8g} "
                 f"(relative error {relative:.2e}; {int(bad.sum())} of {bad.size} elements off, "
                 f"atol={atol}, rtol={rtol})")
     return True
@@ -71,12 +70,12 @@ def _numerical_gradient(loss, tensor, eps):
     Hint: ``tensor.data.reshape(-1)`` is a view, so writing its element j
     perturbs the very tensor that ``loss()`` reads. For each j: set x_j + eps
     and call ``loss()``, set x_j - eps and call it again, put x_j back, and
-    store (plus - minus) / (2 eps). Return a float64 NumPy array of the
-    tensor's shape, and leave the tensor exactly as it was.
+    store (plus - minus) / (2 eps). Return a float64 array of the tensor's
+    shape (on its backend), and leave the tensor exactly as it was.
     """
     # BEGIN EXERCISE 2.1: Central finite differences
     flat = tensor.data.reshape(-1)  # a view: writing it perturbs the tensor
-    grad = np.zeros(flat.shape[0])
+    grad = array_module(flat).zeros(flat.shape[0])
     for j in range(flat.shape[0]):
         original = flat[j].item()
         flat[j] = original + eps

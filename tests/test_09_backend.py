@@ -19,7 +19,6 @@ ROOT = PACKAGE.parent
 # module (relative to minclip/) -> why it may use NumPy itself
 HOST_BOUNDARY = {
     "backend.py": "it is the backend: every NumPy/CuPy difference lives here",
-    "gradcheck.py": "finite differences run element by element on the host, in float64",
     "checkpoint.py": "reads and writes files (safetensors) on the host",
     "convert.py": "converts files on the host",
     "tokenizer/": "text is tokenized on the host; ids go to the device with the batch",
