@@ -1,0 +1,1 @@
+import cupyx.scipy.special as special  # noqa: F401
