@@ -23,7 +23,6 @@ import numpy
 _NAMES = ("numpy", "cupy")
 _backend_name = "numpy"
 _module = numpy
-_rng = numpy.random.default_rng(0)
 
 
 class BackendError(RuntimeError):
@@ -50,12 +49,11 @@ def _import_cupy():
 
 def set_backend(name):
     """Make ``name`` ("numpy" or "cupy") the backend for new arrays."""
-    global _backend_name, _module, _rng
+    global _backend_name, _module
     if name not in _NAMES:
         raise ValueError(f"unknown backend {name!r}: choose one of {_NAMES}")
     _module = numpy if name == "numpy" else _import_cupy()
     _backend_name = name
-    _rng = _module.random.default_rng(0)
 
 
 def get_backend():
@@ -126,6 +124,16 @@ def move(array, name):
     raise ValueError(f"unknown backend {name!r}: choose one of {_NAMES}")
 
 
+def value_range(array):
+    """(min, max) of a non-empty array as Python numbers: free on the host, one
+    device-to-host copy for both on a GPU. An empty array gives (0, -1)."""
+    if array.size == 0:
+        return 0, -1
+    extremes = array_module(array).stack([array.min(), array.max()])
+    low, high = to_numpy(extremes).tolist()
+    return low, high
+
+
 def ignore_overflow():
     """Context manager silencing NumPy's overflow warning (CuPy never warns)."""
     return numpy.errstate(over="ignore")
@@ -141,35 +149,41 @@ def to_numpy(array):
 
 
 # ---------------------------------------------------------------- randomness
+#
+# NumPy's and CuPy's generators differ (PCG64 on the host, XORWOW on the GPU)
+# and CuPy's exposes no state to save. So minclip's randomness is a seed plus
+# a count of draws: draw n uses a fresh generator keyed by (seed, n). The
+# state is two integers, the same on both backends, and a checkpoint saved on
+# one resumes on the other (with that backend's numbers).
+
+_seed, _draws = 0, 0
+
 
 def seed(value):
-    """Seed minclip's random generator (initializers, dropout, shuffling)."""
-    global _rng
-    _rng = _module.random.default_rng(value)
+    """Seed minclip's random numbers (initializers, dropout) and restart the count."""
+    global _seed, _draws
+    _seed, _draws = int(value), 0
 
 
 def rng():
-    """The active backend's random Generator."""
-    return _rng
+    """A generator of the active backend for one draw (the next key of the seed)."""
+    global _draws
+    key = numpy.random.SeedSequence((_seed, _draws)).generate_state(1, numpy.uint64)[0]
+    _draws += 1
+    return _module.random.default_rng(int(key))
 
 
 def get_rng_state():
-    """The generator's state as a plain dict, for checkpoints (NumPy backend only)."""
-    return to_host_state(_rng.bit_generator.state)
+    """The random state as a JSON-friendly dict, for checkpoints (any backend)."""
+    return {"seed": _seed, "draws": _draws}
 
 
 def set_rng_state(state):
-    """Restore a state saved by ``get_rng_state``."""
-    _rng.bit_generator.state = state
-
-
-def to_host_state(state):
-    """Turn a bit-generator state into JSON-friendly Python values."""
-    if isinstance(state, dict):
-        return {k: to_host_state(v) for k, v in state.items()}
-    if hasattr(state, "tolist"):
-        return state.tolist()
-    return state
+    """Restore a state saved by ``get_rng_state``, on either backend."""
+    global _seed, _draws
+    if not isinstance(state, dict) or set(state) != {"seed", "draws"}:
+        raise ValueError(f"random state: expected {{'seed': int, 'draws': int}}, got {state!r:.80}")
+    _seed, _draws = int(state["seed"]), int(state["draws"])
 
 
 # ----------------------------------------------------- NumPy/CuPy differences

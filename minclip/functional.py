@@ -72,7 +72,7 @@ def where(condition, a, b):
         a = Tensor(a)
     a = a if isinstance(a, Tensor) else b._wrap(a)
     b = b if isinstance(b, Tensor) else a._wrap(b)
-    return Where.apply(a, b, condition=condition)
+    return Where.apply(a, b, condition=a.xp.asarray(condition))  # a host mask goes to the device
 
 
 def masked_fill(x, mask, value):

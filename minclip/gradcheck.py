@@ -47,7 +47,7 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-6, rtol=1e-4, seed=0):
         error = xp.abs(analytic - numeric)
         bad = error > atol + rtol * xp.abs(numeric)
         if bad.any():
-            worst = tuple(int(j) for j in xp.unravel_index(int(xp.argmax(error - rtol * xp.abs(numeric))), t.shape))
+            worst = tuple(int(j) for j in xp.unravel_index(xp.argmax(error - rtol * xp.abs(numeric)), t.shape))
             relative = float(error[worst]) / max(abs(float(numeric[worst])), 1e-12)
             raise GradcheckError(
                 f"gradcheck failed for input {i} (shape {t.shape}): at index {worst} "

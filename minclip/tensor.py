@@ -212,7 +212,7 @@ class Tensor:
                 raise RuntimeError(f"backward(): grad can be implicit only for a scalar, "
                                    f"got shape {self.shape}; pass grad=")
             grad = self.xp.ones(self.shape, dtype=self.dtype)
-        grad = grad.data if isinstance(grad, Tensor) else grad
+        grad = backend.move(grad.data if isinstance(grad, Tensor) else grad, backend_name(self.data))
         grads = {id(self): grad}
         for node in reversed(_topological_order(self)):
             g = grads.pop(id(node), None)

@@ -27,6 +27,7 @@ import minclip.functional as F
 from minclip import Tensor, backend, no_grad
 from minclip.gradcheck import GradcheckError, _numerical_gradient, gradcheck
 from minclip.tensor import Function, _topological_order, unbroadcast
+from support.compare import array_equal, assert_allclose, assert_array_equal
 
 # Agreement with PyTorch, forward values and every input gradient. Measured on
 # 50 random inputs per op: in float64 every difference was below 1e-14; in
@@ -236,7 +237,7 @@ def test_forward_matches_numpy(op, rng):
     arrays = op.inputs(rng)
     received = op.minclip(*[Tensor(a) for a in arrays]).numpy()
     expected = (op.numpy or op.minclip)(*arrays)
-    np.testing.assert_allclose(
+    assert_allclose(
         received, expected, **NUMPY_TOLERANCE,
         err_msg=f"{op.name}: the forward value differs from the NumPy formula; look at {op.code}")
 
@@ -260,12 +261,12 @@ def test_matches_torch_autograd(op, dtype, torch, rng):
 
     where = f"{op.name} in {dtype}; look at {op.code}"
     assert out.dtype == dtype, f"{where}: the output is {out.dtype}, the inputs were {dtype}"
-    np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), **TORCH_TOLERANCE[dtype],
+    assert_allclose(out.numpy(), expected.detach().numpy(), **TORCH_TOLERANCE[dtype],
                                err_msg=f"{where}: the forward value differs from torch")
     for i, (mine, reference) in enumerate(zip(ours, theirs)):
         assert mine.grad is not None, f"{where}: input {i} received no gradient"
         assert mine.grad.dtype == dtype, f"{where}: the gradient of input {i} is {mine.grad.dtype}"
-        np.testing.assert_allclose(mine.grad, reference.grad.numpy(), **TORCH_TOLERANCE[dtype],
+        assert_allclose(mine.grad, reference.grad.numpy(), **TORCH_TOLERANCE[dtype],
                                    err_msg=f"{where}: the gradient of input {i} differs from torch autograd")
 
 
@@ -275,7 +276,7 @@ def test_matches_torch_autograd(op, dtype, torch, rng):
 def test_numerical_gradient_of_a_cube():
     x = Tensor(np.array([[1.0, -2.0], [0.5, 3.0]]))
     grad = _numerical_gradient(lambda: float((x.data ** 3).sum()), x, eps=1e-6)
-    np.testing.assert_allclose(grad, 3 * x.data ** 2, rtol=1e-7, err_msg=(
+    assert_allclose(grad, 3 * x.data ** 2, rtol=1e-7, err_msg=(
         "d/dx Σx³ = 3x²: central differences (f(x+eps) - f(x-eps)) / 2eps agree with it to ~1e-9 in float64"))
 
 
@@ -284,7 +285,7 @@ def test_numerical_gradient_puts_every_element_back():
     data = np.array([0.1, 0.2, 0.3])
     x = Tensor(data.copy())
     _numerical_gradient(lambda: float(x.data.sum()), x, eps=1e-6)
-    assert np.array_equal(x.data, data), (
+    assert array_equal(x.data, data), (
         f"the input changed from {data} to {x.data}: restore the original value, not x - eps + eps")
 
 
@@ -354,7 +355,7 @@ def test_backward_applies_the_chain_rule():
     x = Tensor(np.array([0.5, -1.0, 2.0]), requires_grad=True)
     (x ** 2).tanh().sum().backward()
     expected = (1 - np.tanh(x.data ** 2) ** 2) * 2 * x.data
-    np.testing.assert_allclose(x.grad, expected, rtol=1e-12,
+    assert_allclose(x.grad, expected, rtol=1e-12,
                                err_msg="d tanh(x²)/dx = (1 - tanh²(x²)) · 2x")
 
 
@@ -362,7 +363,7 @@ def test_backward_applies_the_chain_rule():
 def test_a_tensor_used_twice_receives_the_sum_of_both_gradients():
     x = Tensor(np.array([0.5, -1.0]), requires_grad=True)
     F.stack([x.exp(), x ** 2]).sum().backward()
-    np.testing.assert_allclose(x.grad, np.exp(x.data) + 2 * x.data, rtol=1e-12, err_msg=(
+    assert_allclose(x.grad, np.exp(x.data) + 2 * x.data, rtol=1e-12, err_msg=(
         "x feeds two branches; its gradient is exp(x) + 2x. Did the second one overwrite the first?"))
 
 
@@ -371,7 +372,7 @@ def test_gradients_accumulate_across_backward_calls():
     x = Tensor(np.array([1.0, 3.0]), requires_grad=True)
     for _ in range(2):
         (x ** 2).sum().backward()
-    np.testing.assert_allclose(x.grad, 2 * (2 * x.data), err_msg=(
+    assert_allclose(x.grad, 2 * (2 * x.data), err_msg=(
         "two backward calls should add up (2·2x), as in PyTorch: that is what zero_grad is for"))
     x.zero_grad()
     assert x.grad is None
@@ -403,7 +404,7 @@ def test_retain_graph_allows_a_second_backward():
     loss = (x ** 3).sum()
     loss.backward(retain_graph=True)
     loss.backward()
-    np.testing.assert_allclose(x.grad, 2 * 3 * x.data ** 2, err_msg="two passes over a kept graph: 2 · 3x²")
+    assert_allclose(x.grad, 2 * 3 * x.data ** 2, err_msg="two passes over a kept graph: 2 · 3x²")
 
 
 @pytest.mark.exercise("2.3")
@@ -429,7 +430,7 @@ def test_retain_grad_keeps_an_intermediate_gradient():
     h = x ** 2
     h.retain_grad()
     (h ** 2).sum().backward()
-    np.testing.assert_allclose(h.grad, 2 * h.data, err_msg="d Σh²/dh = 2h, kept because of retain_grad()")
+    assert_allclose(h.grad, 2 * h.data, err_msg="d Σh²/dh = 2h, kept because of retain_grad()")
 
 
 def error_of(action):
@@ -489,7 +490,7 @@ def test_unbroadcast_sums_new_and_stretched_axes():
     grad = np.ones((5, 3, 4))
     reduced = unbroadcast(grad, (3, 1))
     assert reduced.shape == (3, 1), f"expected shape (3, 1), got {reduced.shape}"
-    np.testing.assert_array_equal(reduced, np.full((3, 1), 20.0), err_msg=(
+    assert_array_equal(reduced, np.full((3, 1), 20.0), err_msg=(
         "each element of a (3, 1) input was used 5·4 = 20 times"))
     assert unbroadcast(grad, ()) == 60, "a scalar broadcast to (5, 3, 4) collects the sum of all 60"
 
@@ -505,7 +506,7 @@ def test_unbroadcast_is_the_adjoint_of_broadcasting(shapes, seed):
     a, r = rng.standard_normal(shape), rng.standard_normal(out_shape)
     reduced = unbroadcast(r, shape)
     assert reduced.shape == shape, f"unbroadcast to {shape} from {out_shape} gave {reduced.shape}"
-    np.testing.assert_allclose((np.broadcast_to(a, out_shape) * r).sum(), (a * reduced).sum(), rtol=1e-10,
+    assert_allclose((np.broadcast_to(a, out_shape) * r).sum(), (a * reduced).sum(), rtol=1e-10,
                                atol=1e-10, err_msg=f"shape {shape} broadcast to {out_shape}")
 
 
@@ -582,7 +583,7 @@ HUGE = np.array([[1e4, 0.0, -1e4], [-1e4, 1e4, 1e4]], dtype="float32")
 def test_softmax_of_huge_logits_is_exact():
     with np.errstate(over="raise", invalid="raise"):
         probs = F.softmax(Tensor(HUGE)).numpy()
-    np.testing.assert_array_equal(probs, [[1, 0, 0], [0, 0.5, 0.5]], err_msg=(
+    assert_array_equal(probs, [[1, 0, 0], [0, 0.5, 0.5]], err_msg=(
         "exp(1e4) overflows: subtract the row max before exp"))
 
 
@@ -590,9 +591,9 @@ def test_log_softmax_and_logsumexp_of_huge_logits_are_exact():
     with np.errstate(over="raise", invalid="raise"):
         log_probs = F.log_softmax(Tensor(HUGE)).numpy()
         lse = F.logsumexp(Tensor(HUGE)).numpy()
-    np.testing.assert_allclose(log_probs, [[0, -1e4, -2e4], [-2e4 - math.log(2), -math.log(2), -math.log(2)]],
+    assert_allclose(log_probs, [[0, -1e4, -2e4], [-2e4 - math.log(2), -math.log(2), -math.log(2)]],
                                rtol=1e-6, err_msg="compute (x - max) - log Σ exp(x - max), not x - logsumexp(x)")
-    np.testing.assert_allclose(lse, [1e4, 1e4 + math.log(2)], rtol=1e-6)
+    assert_allclose(lse, [1e4, 1e4 + math.log(2)], rtol=1e-6)
 
 
 def test_cross_entropy_of_huge_logits_is_finite_and_exact():
@@ -600,9 +601,9 @@ def test_cross_entropy_of_huge_logits_is_finite_and_exact():
     with np.errstate(over="raise", invalid="raise"):
         loss = F.cross_entropy(logits, np.array([1, 0]))
         loss.backward()
-    np.testing.assert_allclose(loss.item(), (1e4 + 2e4 + math.log(2)) / 2, rtol=1e-6,
+    assert_allclose(loss.item(), (1e4 + 2e4 + math.log(2)) / 2, rtol=1e-6,
                                err_msg="-log p is 1e4 for row 0 and 2e4 + log 2 for row 1")
-    np.testing.assert_allclose(logits.grad, [[0.5, -0.5, 0], [-0.5, 0.25, 0.25]], atol=1e-7,
+    assert_allclose(logits.grad, [[0.5, -0.5, 0], [-0.5, 0.25, 0.25]], atol=1e-7,
                                err_msg="(softmax - onehot) / N")
 
 
@@ -619,9 +620,9 @@ def test_softmax_family_matches_torch_on_huge_float32_logits(torch, rng):
         out.sum().backward()
         expected.sum().backward()
         # relative to the logits' scale: float32 keeps ~7 digits of 1e4
-        np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=1e-5, atol=1e-6 * 1e4,
+        assert_allclose(out.numpy(), expected.detach().numpy(), rtol=1e-5, atol=1e-6 * 1e4,
                                    err_msg=f"{name} on logits of size 1e4")
-        np.testing.assert_allclose(x.grad, y.grad.numpy(), rtol=1e-5, atol=1e-6, err_msg=f"{name} gradient")
+        assert_allclose(x.grad, y.grad.numpy(), rtol=1e-5, atol=1e-6, err_msg=f"{name} gradient")
 
 
 def test_logsumexp_of_an_all_minus_inf_row_is_minus_inf():
@@ -635,8 +636,8 @@ def test_sigmoid_does_not_overflow():
     with np.errstate(over="raise"):
         y = x.sigmoid()
         y.sum().backward()
-    np.testing.assert_array_equal(y.numpy(), [0.0, 0.5, 1.0])
-    np.testing.assert_array_equal(x.grad, [0.0, 0.25, 0.0])
+    assert_array_equal(y.numpy(), [0.0, 0.5, 1.0])
+    assert_array_equal(x.grad, [0.0, 0.25, 0.0])
 
 
 # ================================================================== dtypes
@@ -690,7 +691,7 @@ def test_dropout_zeroes_a_fraction_p_and_scales_the_rest():
     zeroed = np.mean(y == 0)
     sigma = math.sqrt(p * (1 - p) / n)                      # binomial standard deviation
     assert abs(zeroed - p) < 5 * sigma, f"{zeroed:.4f} of the elements were zeroed, expected {p} ± {5 * sigma:.4f}"
-    np.testing.assert_allclose(np.unique(y[y != 0]), [1 / (1 - p)], rtol=1e-6,
+    assert_allclose(np.unique(y[y != 0]), [1 / (1 - p)], rtol=1e-6,
                                err_msg="kept elements are scaled by 1/(1-p), so the expected value is unchanged")
     assert abs(y.mean() - 1) < 5 * math.sqrt(p / (1 - p) / n), f"the mean moved to {y.mean():.4f}"
 
@@ -699,7 +700,7 @@ def test_dropout_backward_uses_the_forward_mask():
     x = Tensor(np.ones((50, 40), dtype="float32"), requires_grad=True)
     y = F.dropout(x, 0.25)
     y.sum().backward()
-    np.testing.assert_array_equal(x.grad, y.numpy(), err_msg=(
+    assert_array_equal(x.grad, y.numpy(), err_msg=(
         "d(x · mask/(1-p))/dx = mask/(1-p): exactly the forward output for x = 1"))
 
 
@@ -720,4 +721,4 @@ def test_dropout_is_reproducible_from_the_seed():
     backend.seed(7)
     first = F.dropout(x, 0.5).numpy()
     backend.seed(7)
-    assert np.array_equal(first, F.dropout(x, 0.5).numpy()), "backend.seed must fix the dropout mask"
+    assert array_equal(first, F.dropout(x, 0.5).numpy()), "backend.seed must fix the dropout mask"

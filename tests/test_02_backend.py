@@ -16,6 +16,7 @@ import minclip.functional as F
 from minclip import Tensor, backend
 from minclip.backend import BackendError, xp
 from conftest import GPU, requires_gpu
+from support.compare import array_equal, assert_allclose
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,7 +110,7 @@ def test_erf_matches_math_erf_and_keeps_the_dtype():
     x = np.array([-2.0, -0.5, 0.0, 0.3, 3.0], dtype="float32")
     result = backend.erf(x)
     assert result.dtype == np.float32
-    np.testing.assert_allclose(result, [math.erf(v) for v in x.tolist()], rtol=1e-7)
+    assert_allclose(result, [math.erf(v) for v in x.tolist()], rtol=1e-7)
     assert backend.erf(np.array(0.5)) == pytest.approx(math.erf(0.5)), "a 0-d array is an array too"
 
 
@@ -117,14 +118,14 @@ def test_seed_makes_the_random_generator_reproducible():
     backend.seed(3)
     first = backend.rng().random(4)
     backend.seed(3)
-    assert np.array_equal(first, backend.rng().random(4))
+    assert array_equal(first, backend.rng().random(4))
 
 
 def test_rng_state_round_trips():
     state = backend.get_rng_state()
     first = backend.rng().random(3)
     backend.set_rng_state(state)
-    assert np.array_equal(first, backend.rng().random(3)), "restoring the state must replay the same numbers"
+    assert array_equal(first, backend.rng().random(3)), "restoring the state must replay the same numbers"
 
 
 # ----------------------------------------------------------------- on a GPU
@@ -160,7 +161,7 @@ def test_a_tensor_moves_between_backends(cupy):
     x = Tensor(np.arange(3, dtype="float32"), requires_grad=True)
     on_gpu = x.to("cupy")
     assert isinstance(on_gpu.data, cupy.ndarray) and on_gpu.requires_grad
-    assert np.array_equal(on_gpu.to("numpy").data, x.data)
+    assert array_equal(on_gpu.to("numpy").data, x.data)
 
 
 @pytest.mark.gpu
@@ -194,4 +195,4 @@ def test_the_same_code_gives_the_same_numbers_on_the_gpu(name, cupy, rng):
         out.sum().backward()
         results[name_of_backend] = [out.numpy()] + [backend.to_numpy(t.grad) for t in inputs]
     for cpu, gpu in zip(results["numpy"], results["cupy"]):
-        np.testing.assert_allclose(gpu, cpu, rtol=1e-5, atol=1e-6, err_msg=f"{name}: GPU and CPU disagree")
+        assert_allclose(gpu, cpu, rtol=1e-5, atol=1e-6, err_msg=f"{name}: GPU and CPU disagree")

@@ -20,6 +20,7 @@ from minclip.nn import conv
 from minclip.nn.batchnorm import batch_statistics
 from minclip.nn.conv import col2im, im2col
 from minclip.tensor import Tensor
+from support.compare import assert_allclose, assert_array_equal
 
 RTOL = {"float64": 1e-8, "float32": 1e-4}
 
@@ -89,7 +90,7 @@ def test_im2col_columns_are_the_patches():
     padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     column = cols.reshape(27, 2, 3, 4)[:, 1, 2, 3]                        # image 1, output row 2, column 3
     expected = padded[1, :, 4:7, 6:9].reshape(-1)                         # rows 2·2..+3, columns 3·2..+3
-    np.testing.assert_array_equal(column, expected, err_msg="im2col: column (n=1, y=2, x=3) is not that patch")
+    assert_array_equal(column, expected, err_msg="im2col: column (n=1, y=2, x=3) is not that patch")
 
 
 @pytest.mark.exercise("3.1")
@@ -100,7 +101,7 @@ def test_im2col_matches_torch_unfold(torch, shape, kernel, stride, padding, dila
     cols = im2col(x, kernel, stride, padding, dilation)
     unfolded = torch.nn.functional.unfold(torch.from_numpy(x), kernel, dilation, padding, stride).numpy()
     expected = unfolded.transpose(1, 0, 2).reshape(cols.shape[0], -1)   # (C·kh·kw, N·Ho·Wo)
-    np.testing.assert_array_equal(cols, expected, err_msg="im2col differs from torch.nn.functional.unfold")
+    assert_array_equal(cols, expected, err_msg="im2col differs from torch.nn.functional.unfold")
 
 
 @pytest.mark.exercise("3.3")
@@ -260,12 +261,12 @@ def test_batch_statistics_and_running_update():
     running_mean, running_var = np.full(3, 0.5), np.full(3, 2.0)
     mean, var = batch_statistics(x, running_mean, running_var, momentum=0.1)
     per_channel = x.transpose(1, 0, 2, 3).reshape(3, -1)                  # (C, N·H·W)
-    np.testing.assert_allclose(mean, per_channel.mean(axis=1), rtol=1e-12, err_msg="batch mean per channel")
-    np.testing.assert_allclose(var, per_channel.var(axis=1), rtol=1e-12,
+    assert_allclose(mean, per_channel.mean(axis=1), rtol=1e-12, err_msg="batch mean per channel")
+    assert_allclose(var, per_channel.var(axis=1), rtol=1e-12,
                                err_msg="the variance used to normalize is the biased one (divided by n)")
-    np.testing.assert_allclose(running_mean, 0.9 * 0.5 + 0.1 * per_channel.mean(axis=1), rtol=1e-12,
+    assert_allclose(running_mean, 0.9 * 0.5 + 0.1 * per_channel.mean(axis=1), rtol=1e-12,
                                err_msg="running_mean ← 0.9·running_mean + 0.1·mean, updated in place")
-    np.testing.assert_allclose(running_var, 0.9 * 2.0 + 0.1 * per_channel.var(axis=1, ddof=1), rtol=1e-12,
+    assert_allclose(running_var, 0.9 * 2.0 + 0.1 * per_channel.var(axis=1, ddof=1), rtol=1e-12,
                                err_msg="running_var ← 0.9·running_var + 0.1·unbiased var (divided by n - 1), in place")
 
 
@@ -279,7 +280,7 @@ def test_batch_norm_training_matches_torch(torch, dtype):
         assert_matches(*forward_backward(torch, layer, twin, x), dtype, f"{layer}, training step {step}")
     for name, reference in twin.state_dict().items():
         value = getattr(layer, name).data if name in ("weight", "bias") else getattr(layer, name)
-        np.testing.assert_allclose(value, reference.numpy(), rtol=RTOL[dtype],
+        assert_allclose(value, reference.numpy(), rtol=RTOL[dtype],
                                    err_msg=f"BatchNorm2d.{name} after 3 training steps differs from PyTorch's")
     assert layer.num_batches_tracked.dtype == np.int64 and int(layer.num_batches_tracked) == 3
 
@@ -300,8 +301,8 @@ def test_batch_norm_cumulative_average_when_momentum_is_none(torch):
     for step in range(3):
         x = random((2, 3, 4, 4), seed=step) + step
         layer(Tensor(x)), twin(torch.from_numpy(x))
-    np.testing.assert_allclose(layer.running_mean, twin.running_mean.numpy(), rtol=1e-12)
-    np.testing.assert_allclose(layer.running_var, twin.running_var.numpy(), rtol=1e-12)
+    assert_allclose(layer.running_mean, twin.running_mean.numpy(), rtol=1e-12)
+    assert_allclose(layer.running_var, twin.running_var.numpy(), rtol=1e-12)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])

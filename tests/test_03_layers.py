@@ -14,6 +14,7 @@ from minclip.gradcheck import gradcheck
 from minclip.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, MultiheadAttention,
                         Parameter, QuickGELU, Sequential, linear)
 from minclip.tensor import Tensor
+from support.compare import array_equal, assert_allclose
 
 # Agreement with torch.nn: max |ours - torch| <= RTOL · max |torch|, per tensor.
 RTOL = {np.float64: 1e-8, np.float32: 1e-4}
@@ -111,10 +112,10 @@ def test_state_dict_round_trip_copies():
     a, b = Tower(), Tower()
     b.load_state_dict(a.state_dict())
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
-        assert np.array_equal(p.data, q.data), f"{name} was not loaded"
+        assert array_equal(p.data, q.data), f"{name} was not loaded"
     before = a.token_embedding.weight.data.copy()
     b.token_embedding.weight.data += 1.0                     # what an optimizer step does
-    assert np.array_equal(a.token_embedding.weight.data, before), "the two models share an array"
+    assert array_equal(a.token_embedding.weight.data, before), "the two models share an array"
 
 
 def test_load_state_dict_lists_every_problem_and_changes_nothing():
@@ -132,7 +133,7 @@ def test_load_state_dict_lists_every_problem_and_changes_nothing():
                  "token_embedding.weight: expected (10, 4), got (11, 4)", "nothing was changed"]:
         assert part in message, f"the error should mention {part!r}; it says:\n{message}"
     for key, value in tower.state_dict().items():
-        assert np.array_equal(value, before[key]), f"{key} changed although the load failed"
+        assert array_equal(value, before[key]), f"{key} changed although the load failed"
 
 
 def test_load_state_dict_non_strict_allows_missing_and_unexpected_keys():
@@ -147,7 +148,7 @@ def test_train_and_eval_reach_every_submodule():
     tower = Tower().eval()
     assert not any(m.training for m in tower.modules())
     x = Tensor(np.ones((2, 4), dtype=np.float32))
-    assert np.array_equal(tower.head[1](x).data, x.data), "Dropout must be the identity in eval mode"
+    assert array_equal(tower.head[1](x).data, x.data), "Dropout must be the identity in eval mode"
     tower.train()
     assert all(m.training for m in tower.modules())
     dropped = tower.head[1](Tensor(np.ones((1000,), dtype=np.float32))).data
@@ -282,7 +283,7 @@ def test_split_heads_gives_each_head_its_slice_of_features():
     x = Tensor(np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4))   # (B, T, D)
     heads = mha._split_heads(x).data
     assert heads.shape == (2, 2, 3, 2), f"expected (B, H, T, d) = (2, 2, 3, 2), got {heads.shape}"
-    assert np.array_equal(heads[1, 0], x.data[1, :, 0:2]) and np.array_equal(heads[1, 1], x.data[1, :, 2:4])
+    assert array_equal(heads[1, 0], x.data[1, :, 0:2]) and array_equal(heads[1, 1], x.data[1, :, 2:4])
 
 
 @pytest.mark.exercise("3.6")
@@ -306,10 +307,10 @@ def test_causal_mask_hides_the_future():
     mask = causal_mask(4)
     out_x, weights = mha(Tensor(x), attn_mask=mask, need_weights=True)
     out_y, _ = mha(Tensor(y), attn_mask=mask)
-    np.testing.assert_allclose(out_x.data[0, :3], out_y.data[0, :3], rtol=1e-6,
+    assert_allclose(out_x.data[0, :3], out_y.data[0, :3], rtol=1e-6,
                                err_msg="tokens 0-2 must not see token 3")
     assert np.all(np.triu(weights.data[0], k=1) == 0), "the weights above the diagonal must be 0"
-    np.testing.assert_allclose(weights.data.sum(axis=-1), 1.0, rtol=1e-6)
+    assert_allclose(weights.data.sum(axis=-1), 1.0, rtol=1e-6)
 
 
 # ================================================================ bad input
@@ -359,4 +360,4 @@ def test_default_init_follows_pytorch_bounds_and_seed():
     backend.seed(7)
     first = Linear(3, 3).weight.data.copy()
     backend.seed(7)
-    assert np.array_equal(Linear(3, 3).weight.data, first), "backend.seed must make initialization reproducible"
+    assert array_equal(Linear(3, 3).weight.data, first), "backend.seed must make initialization reproducible"

@@ -17,6 +17,7 @@ from conftest import requires_gpu
 from minclip import backend
 from minclip.nn import Parameter
 from minclip.optim import (SGD, AdamW, CosineSchedule, clip_grad_norm_, cosine_lr,
+from support.compare import array_equal, assert_allclose
                            param_groups_for_weight_decay)
 
 STEPS = 20
@@ -152,7 +153,7 @@ def test_first_adamw_step_moves_each_weight_by_about_lr():
     p = Parameter(np.array([1.0, 1.0, 1.0], dtype=np.float32))
     p.grad = np.array([1e-3, -5.0, 200.0], dtype=np.float32)
     AdamW([p], lr=0.1, weight_decay=0.0).step()
-    np.testing.assert_allclose(p.data, [0.9, 1.1, 0.9], rtol=1e-5,
+    assert_allclose(p.data, [0.9, 1.1, 0.9], rtol=1e-5,
                                err_msg="the first AdamW step should be lr·sign(g), whatever |g|: "
                                        "check the bias corrections 1 - β1ᵗ and √(1 - β2ᵗ)")
 
@@ -163,7 +164,7 @@ def test_adamw_weight_decay_is_decoupled():
     p = Parameter(np.array([2.0, -4.0], dtype=np.float32))
     p.grad = np.zeros(2, dtype=np.float32)
     AdamW([p], lr=0.1, weight_decay=0.5).step()
-    np.testing.assert_allclose(p.data, [2.0 * 0.95, -4.0 * 0.95], rtol=1e-6,
+    assert_allclose(p.data, [2.0 * 0.95, -4.0 * 0.95], rtol=1e-6,
                                err_msg="weight decay should multiply the weight by (1 - lr·weight_decay)")
 
 
@@ -207,7 +208,7 @@ def test_state_dict_round_trip_resumes_bit_identically(make):
     continued = descend(resumed_params, resumed, 10, gradient, first_step=10)
     for step, (a, b) in enumerate(zip(continued, uninterrupted)):
         for name in a:
-            assert np.array_equal(a[name], b[name]), (
+            assert array_equal(a[name], b[name]), (
                 f"step {11 + step}, {name}: the resumed run differs from the uninterrupted one; "
                 f"state_dict/load_state_dict must keep every state array and count exactly")
 
@@ -267,7 +268,7 @@ def test_state_dict_is_plain_data_and_a_snapshot():
     assert isinstance(first["exp_avg"], np.ndarray) and first["exp_avg"].dtype == np.float32
     before = first["exp_avg"].copy()
     descend(params, optimizer, 1, gradient, first_step=2)
-    assert np.array_equal(first["exp_avg"], before), "state_dict() must copy: later steps changed the saved arrays"
+    assert array_equal(first["exp_avg"], before), "state_dict() must copy: later steps changed the saved arrays"
 
 
 def test_load_state_dict_checks_before_changing():
@@ -291,7 +292,7 @@ def test_parameters_without_gradient_are_skipped_and_zero_grad_clears():
     a.grad = np.ones(2, dtype=np.float32)
     optimizer = AdamW([a, b], lr=0.1, weight_decay=0.5)
     optimizer.step()
-    assert np.array_equal(b.data, [1, 1]), "a parameter without .grad must not move (not even by weight decay)"
+    assert array_equal(b.data, [1, 1]), "a parameter without .grad must not move (not even by weight decay)"
     assert b not in optimizer.state or not optimizer.state[b]
     optimizer.zero_grad()
     assert a.grad is None and b.grad is None
@@ -358,7 +359,7 @@ def test_clip_grad_norm_matches_pytorch(torch, rng, max_norm):
     assert total == pytest.approx(expected, rel=1e-6), "the returned norm is the global L2 norm before clipping"
     for p, q in zip(ours, theirs):
         assert p.grad.dtype == np.float32
-        np.testing.assert_allclose(p.grad, q.grad.numpy(), rtol=1e-6, atol=1e-7,
+        assert_allclose(p.grad, q.grad.numpy(), rtol=1e-6, atol=1e-7,
                                    err_msg="gradients should be scaled by max_norm / (total + 1e-6)")
 
 
@@ -369,8 +370,8 @@ def test_clip_grad_norm_is_global_and_skips_missing_grads():
     a.grad = np.array([3.0, 4.0], dtype=np.float32)
     b.grad = np.array([0.0, 12.0], dtype=np.float32)
     assert clip_grad_norm_([a, b, c], max_norm=1.3) == pytest.approx(13.0)
-    np.testing.assert_allclose(a.grad, [0.3, 0.4], rtol=1e-6)
-    np.testing.assert_allclose(b.grad, [0.0, 1.2], rtol=1e-6)
+    assert_allclose(a.grad, [0.3, 0.4], rtol=1e-6)
+    assert_allclose(b.grad, [0.0, 1.2], rtol=1e-6)
     assert c.grad is None
     assert clip_grad_norm_([c], max_norm=1.0) == 0.0
 

@@ -17,6 +17,7 @@ import pytest
 from minclip import Tensor, no_grad
 from minclip import functional as F
 from minclip.model import (CLIP, PRESETS, AttentionPool2d, CLIPConfig, ModifiedResNet, ResidualAttentionBlock,
+from support.compare import allclose, array_equal, assert_allclose, assert_array_equal
                            VisionTransformer, causal_mask)
 
 # A small CLIP with a ViT image tower, shaped so that Hugging Face can build its twin.
@@ -232,7 +233,7 @@ def test_every_image_gets_the_same_class_token_and_its_gradient_adds_up():
     vit = VisionTransformer(input_resolution=8, patch_size=4, width=4, layers=1, heads=1, output_dim=4)
     tokens = vit.embed(Tensor(np.zeros((3, 3, 8, 8), dtype="float32")))
     tokens[:, 0].sum().backward()
-    np.testing.assert_allclose(vit.class_embedding.grad, 3.0, err_msg=(
+    assert_allclose(vit.class_embedding.grad, 3.0, err_msg=(
         "the class token is shared by the 3 images, so its gradient is the sum of the 3 copies'"))
 
 
@@ -260,7 +261,7 @@ def test_a_block_with_silent_branches_is_the_identity():
         layer.weight.data[...] = 0
         layer.bias.data[...] = 0
     x = np.random.default_rng(0).standard_normal((2, 3, 8)).astype("float32")
-    np.testing.assert_allclose(block(Tensor(x)).numpy(), x, err_msg=(
+    assert_allclose(block(Tensor(x)).numpy(), x, err_msg=(
         "each branch's output is *added* to x: with both branches zero the block must return x unchanged"))
 
 
@@ -272,7 +273,7 @@ def test_causal_mask_values():
     expected = np.array([[0, -inf, -inf], [0, 0, -inf], [0, 0, 0]], dtype="float32")
     mask = causal_mask(3)
     assert mask.dtype == np.float32, f"the mask is float32 by default, got {mask.dtype}"
-    np.testing.assert_array_equal(mask, expected, err_msg="row t may see keys 0..t (0) and not the later ones (-inf)")
+    assert_array_equal(mask, expected, err_msg="row t may see keys 0..t (0) and not the later ones (-inf)")
     assert causal_mask(2, like=np.zeros(1)).dtype == np.float64, "the mask takes the dtype of `like`"
 
 
@@ -286,9 +287,9 @@ def test_with_the_mask_a_later_token_cannot_change_earlier_outputs():
     mask = causal_mask(4)
     before, after = (F.scaled_dot_product_attention(Tensor(q), Tensor(a), Tensor(b), mask).numpy()
                      for a, b in ((k, v), (k2, v2)))
-    np.testing.assert_allclose(after[0, :3], before[0, :3], rtol=1e-6, err_msg=(
+    assert_allclose(after[0, :3], before[0, :3], rtol=1e-6, err_msg=(
         "with the causal mask, queries 0..2 must not see token 3"))
-    assert not np.allclose(after[0, 3], before[0, 3]), "query 3 sees token 3 itself"
+    assert not allclose(after[0, 3], before[0, 3]), "query 3 sees token 3 itself"
 
 
 # =============================================== 4.4 the text encoder
@@ -315,7 +316,7 @@ def test_text_features_are_read_at_the_end_of_text_token():
         before_eot[0, 1] = 3                                              # a token before EOT
         assert_close(model.encode_text(after_eot).numpy(), base, 1e-5,
                      "tokens after EOT must not matter: take x[arange(B), ids.argmax(-1)] (and keep the causal mask)")
-        assert not np.allclose(model.encode_text(before_eot).numpy(), base), "tokens before EOT must matter"
+        assert not allclose(model.encode_text(before_eot).numpy(), base), "tokens before EOT must matter"
         shorter = model.encode_text(ids[:, :4]).numpy()
     assert_close(shorter, base, 1e-5,
                  "ids shorter than context_length use the first T positional embeddings and give the same features")
@@ -478,7 +479,7 @@ def test_attention_pool_of_a_constant_map_is_its_value_path():
     # every token (the mean and the 4 positions) is the same vector v, so attention returns v_proj(v)
     v = np.arange(8, dtype="float32")
     expected = pool.c_proj(pool.v_proj(Tensor(v[None]))).numpy()
-    np.testing.assert_allclose(pool(Tensor(x)).numpy(), expected, rtol=1e-5, err_msg=(
+    assert_allclose(pool(Tensor(x)).numpy(), expected, rtol=1e-5, err_msg=(
         "when all tokens are equal any attention weights average to that token: expected c_proj(v_proj(v))"))
 
 
@@ -563,7 +564,7 @@ def check_published_model(name, state, count):
     assert model.config == expected, f"{name}: inferred {model.config}, expected {expected}"
     assert model.num_parameters() == count, f"{name}: expected {count:,} parameters, got {model.num_parameters():,}"
     key = "visual.conv1.weight"
-    np.testing.assert_array_equal(model.state_dict()[key], state[key], err_msg=f"{name}: {key} was not loaded")
+    assert_array_equal(model.state_dict()[key], state[key], err_msg=f"{name}: {key} was not loaded")
     image = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype("float32")
     with no_grad():
         features = model.eval().encode_image(image).numpy()
@@ -595,12 +596,12 @@ def test_forward_returns_normalized_features_and_the_scale():
     image_features, text_features, scale = model(images, token_ids(rng, 2, 16, 1024))
     for what, f in (("image", image_features), ("text", text_features)):
         assert f.shape == (2, 128)
-        np.testing.assert_allclose(np.linalg.norm(f.numpy(), axis=1), 1.0, rtol=1e-5,
+        assert_allclose(np.linalg.norm(f.numpy(), axis=1), 1.0, rtol=1e-5,
                                    err_msg=f"{what} features from forward are L2-normalized")
     assert scale.shape == () and np.isclose(scale.item(), 1 / 0.07), (
         f"forward returns logit_scale.exp() = 1/0.07 at init, got {scale.item()}")
     assert np.isclose(model.logit_scale.item(), np.log(1 / 0.07)), "the parameter holds the log of the scale"
-    assert not np.allclose(np.linalg.norm(model.encode_image(images).numpy(), axis=1), 1.0), (
+    assert not allclose(np.linalg.norm(model.encode_image(images).numpy(), axis=1), 1.0), (
         "encode_image is projected but not normalized, as OpenAI's")
 
 
@@ -654,7 +655,7 @@ def test_building_is_reproducible_from_the_seed():
     first = CLIP(CLIPConfig.preset("tiny-vit")).state_dict()
     backend.seed(3)
     second = CLIP(CLIPConfig.preset("tiny-vit")).state_dict()
-    assert all(np.array_equal(first[k], second[k]) for k in first), "backend.seed(s) then CLIP(...) is deterministic"
+    assert all(array_equal(first[k], second[k]) for k in first), "backend.seed(s) then CLIP(...) is deterministic"
 
 
 def test_encode_image_accepts_arrays_and_tensors_without_upcasting():
@@ -663,7 +664,7 @@ def test_encode_image_accepts_arrays_and_tensors_without_upcasting():
     with no_grad():
         from_array, from_tensor = model.encode_image(images), model.encode_image(Tensor(images))
     assert from_array.dtype == from_tensor.dtype == np.float32, "a float32 model casts its inputs to float32"
-    np.testing.assert_allclose(from_array.numpy(), from_tensor.numpy())
+    assert_allclose(from_array.numpy(), from_tensor.numpy())
     with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\).*\(2, 3, 16, 16\)"):
         model.encode_image(np.zeros((2, 3, 16, 16), dtype="float32"))
 

@@ -11,6 +11,7 @@ import pytest
 
 from minclip import Tensor, gradcheck
 from minclip.loss import (SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE, clip_loss, log_sigmoid,
+from support.compare import assert_allclose
                           siglip_loss, similarity_logits)
 
 # Two images (the standard basis) and two texts: text 0 leans towards image 1.
@@ -35,7 +36,7 @@ def test_similarity_logits_are_scaled_dot_products():
     logits = similarity_logits(Tensor(IMAGES), Tensor(TEXTS), Tensor(2.0))
     expected = 2.0 * np.array([[0.6, 0.0], [0.8, 1.0]])   # row i: image i against each text
     assert logits.shape == (2, 2), f"expected an (N, N) = (2, 2) matrix, got {logits.shape}"
-    np.testing.assert_allclose(logits.numpy(), expected, rtol=1e-6, err_msg=(
+    assert_allclose(logits.numpy(), expected, rtol=1e-6, err_msg=(
         "logits[i, j] should be logit_scale * <image_i, text_j>: images along rows, texts along columns"))
 
 
@@ -170,7 +171,7 @@ def assert_matches_torch(torch, loss_fn, reference, arrays, tol, names):
     assert abs(loss.item() - expected.item()) <= tol * max(1.0, abs(expected.item())), (
         f"loss {loss.item():.12g} but PyTorch gives {expected.item():.12g} (tolerance {tol})")
     for name, a, b in zip(names, ours, theirs):
-        np.testing.assert_allclose(a.grad, b.grad.numpy(), rtol=tol, atol=tol,
+        assert_allclose(a.grad, b.grad.numpy(), rtol=tol, atol=tol,
                                    err_msg=f"the gradient with respect to {name} differs from PyTorch's")
 
 
@@ -183,9 +184,9 @@ def test_log_sigmoid_never_overflows():
     y = log_sigmoid(x)
     y.sum().backward()
     expected = np.array([-1000.0, -30.0, -math.log(2), -math.exp(-30.0), 0.0], dtype="float32")
-    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-6, err_msg=(
+    assert_allclose(y.numpy(), expected, rtol=1e-6, err_msg=(
         "log σ(z) must be finite for any z: write it as min(z, 0) - log1p(exp(-|z|))"))
-    np.testing.assert_allclose(x.grad, [1.0, 1.0, 0.5, math.exp(-30.0), 0.0], rtol=1e-6,
+    assert_allclose(x.grad, [1.0, 1.0, 0.5, math.exp(-30.0), 0.0], rtol=1e-6,
                                err_msg="d/dz log σ(z) = σ(-z)")
     assert y.dtype == np.float32, f"float32 in, float32 out; got {y.dtype}"
 

@@ -19,6 +19,7 @@ from minclip.checkpoint import WeightsFileError, load_checkpoint, read_header, r
 from minclip.convert import convert
 from minclip.convert import main as convert_main
 from minclip.model import CLIP, CLIPConfig
+from support.compare import array_equal, assert_array_equal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +39,7 @@ def model():
 def assert_same_weights(expected, got, where):
     assert expected.keys() == got.keys(), f"{where}: keys differ: {sorted(set(expected) ^ set(got))[:5]}"
     for key, value in expected.items():
-        assert np.array_equal(value, got[key]), f"{where}: {key} changed on the way"
+        assert array_equal(value, got[key]), f"{where}: {key} changed on the way"
 
 
 # --------------------------------------------------------- save and load
@@ -73,7 +74,7 @@ def test_a_float16_file_loads_as_float32(model, tmp_path):
     loaded = minclip.load(tmp_path / "half.safetensors")
     weight = loaded.visual.conv1.weight
     assert weight.dtype == np.float32, f"half-precision weights are widened to float32 on load, got {weight.dtype}"
-    np.testing.assert_array_equal(weight.numpy(), model.visual.conv1.weight.numpy().astype("float16"))
+    assert_array_equal(weight.numpy(), model.visual.conv1.weight.numpy().astype("float16"))
 
 
 def test_a_bfloat16_file_loads_as_float32(torch, tmp_path):
@@ -82,7 +83,7 @@ def test_a_bfloat16_file_loads_as_float32(torch, tmp_path):
     torch_save_file({"w": values}, tmp_path / "bf16.safetensors")
     tensors, _ = read_tensors(tmp_path / "bf16.safetensors")
     assert tensors["w"].dtype == np.float32
-    np.testing.assert_array_equal(tensors["w"], values.float().numpy(), err_msg="bfloat16 -> float32 is exact")
+    assert_array_equal(tensors["w"], values.float().numpy(), err_msg="bfloat16 -> float32 is exact")
 
 
 def test_an_open_clip_file_without_metadata_loads(model, tmp_path):

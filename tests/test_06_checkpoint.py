@@ -13,6 +13,7 @@ import minclip
 from minclip import Tensor, backend, nn
 from minclip.checkpoint import WeightsFileError, load_checkpoint, read_tensors, save_checkpoint
 from minclip.optim import AdamW
+from support.compare import array_equal
 
 
 def small_model():
@@ -44,7 +45,7 @@ def test_resuming_from_a_checkpoint_is_bit_identical(tmp_path):
     train_steps(resumed, resumed_optimizer, 3)
 
     for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
-        assert np.array_equal(a, b), (f"{name} differs after resuming (max diff {np.abs(a - b).max():.3g}): "
+        assert array_equal(a, b), (f"{name} differs after resuming (max diff {np.abs(a - b).max():.3g}): "
                                       "the model, the optimizer's moments and step, its lr and the RNG "
                                       "state must all round-trip exactly")
     assert meta["step"] == 3
@@ -63,7 +64,7 @@ def test_the_optimizer_state_round_trips_exactly(tmp_path):
     for index, state in saved["state"].items():
         for name, value in state.items():
             got = loaded["state"][index][name]
-            assert np.array_equal(value, got) and np.asarray(value).dtype == np.asarray(got).dtype, (
+            assert array_equal(value, got) and np.asarray(value).dtype == np.asarray(got).dtype, (
                 f"optimizer state {index}.{name} changed on the way: saved {value!r}, loaded {got!r}")
 
 
@@ -82,7 +83,7 @@ def test_a_clip_checkpoint_round_trips(tmp_path):
     meta = load_checkpoint(tmp_path / "c.safetensors", resumed, resumed_optimizer)
     assert CLIPConfig.from_dict(meta["config"]) == config
     for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
-        assert np.array_equal(a, b) and a.shape == b.shape, f"{name}: {a.shape} saved, {b.shape} loaded"
+        assert array_equal(a, b) and a.shape == b.shape, f"{name}: {a.shape} saved, {b.shape} loaded"
     moments = resumed_optimizer.state_dict()["state"]
     scale_index = [i for i, p in enumerate(resumed.parameters()) if p is resumed.logit_scale][0]
     assert moments[scale_index]["exp_avg"].shape == (), "a 0-d parameter keeps 0-d moments"
@@ -123,7 +124,7 @@ def test_the_rng_state_round_trips(tmp_path):
     save_checkpoint(tmp_path / "c.safetensors", small_model(), meta={"rng": backend.get_rng_state()})
     expected = backend.rng().random(5)
     backend.set_rng_state(load_checkpoint(tmp_path / "c.safetensors")["rng"])
-    assert np.array_equal(backend.rng().random(5), expected), "the same RNG state must give the same draws"
+    assert array_equal(backend.rng().random(5), expected), "the same RNG state must give the same draws"
 
 
 def test_an_interrupted_write_keeps_the_last_checkpoint(tmp_path, monkeypatch):

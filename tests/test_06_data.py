@@ -15,6 +15,7 @@ from minclip.data import (COLOURS, HELD_OUT, SHAPES, TEMPLATES, BadImageError, C
                           clip_transform, denormalize, generate, load_split, normalize)
 from minclip.data import shapes
 from minclip.data.transforms import OPENAI_MEAN, OPENAI_STD, center_crop
+from support.compare import array_equal, assert_allclose, assert_array_equal
 
 
 def to_array(image):
@@ -37,7 +38,7 @@ def test_normalize_matches_hand_computed_values():
     out = normalize(pixel)
     assert out.shape == (1, 3, 1, 1), f"normalize: expected NCHW (1, 3, 1, 1), got {out.shape}"
     assert out.dtype == np.float32, f"normalize must return float32, got {out.dtype}"
-    np.testing.assert_allclose(out.ravel(), expected, rtol=1e-6,
+    assert_allclose(out.ravel(), expected, rtol=1e-6,
                                err_msg="(pixel / 255 - mean) / std per channel, with OPENAI_MEAN/STD")
 
 
@@ -49,14 +50,14 @@ def test_normalize_moves_channels_in_front():
     assert out.shape == (2, 3, 5, 7), f"expected (N, 3, H, W) = (2, 3, 5, 7), got {out.shape}"
     channel = 2
     expected = (images[1, :, :, channel] / 255 - OPENAI_MEAN[channel]) / OPENAI_STD[channel]
-    np.testing.assert_allclose(out[1, channel], expected, rtol=1e-5, atol=1e-6,
+    assert_allclose(out[1, channel], expected, rtol=1e-5, atol=1e-6,
                                err_msg="out[n, c, y, x] must come from images[n, y, x, c]")
     assert normalize(images[0]).shape == (3, 5, 7), "one image (H, W, 3) becomes (3, H, W)"
 
 
 def test_denormalize_inverts_normalize():
     images = np.random.default_rng(1).integers(0, 256, size=(3, 4, 4, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(denormalize(normalize(images)), images)
+    assert_array_equal(denormalize(normalize(images)), images)
 
 
 @pytest.mark.exercise("6.4")
@@ -69,7 +70,7 @@ def test_clip_transform_resizes_shorter_side_then_crops_the_centre():
     expected = (np.asarray(by_hand, dtype=np.float32) / 255 - OPENAI_MEAN) / OPENAI_STD
     out = clip_transform(16)(image)
     assert out.shape == (3, 16, 16) and out.dtype == np.float32, f"got {out.dtype} {out.shape}"
-    np.testing.assert_allclose(out, expected.transpose(2, 0, 1), rtol=1e-6, atol=1e-6)
+    assert_allclose(out, expected.transpose(2, 0, 1), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.exercise("6.4")
@@ -84,7 +85,7 @@ def test_clip_transform_makes_grey_images_rgb():
     grey = Image.new("L", (20, 20), 100)
     out = denormalize(clip_transform(8)(grey))                           # (8, 8, 3)
     assert out.shape == (8, 8, 3)
-    np.testing.assert_array_equal(out[..., 0], out[..., 2], err_msg="a grey image has R = G = B")
+    assert_array_equal(out[..., 0], out[..., 2], err_msg="a grey image has R = G = B")
 
 
 def test_train_transform_is_seeded_and_light():
@@ -92,24 +93,24 @@ def test_train_transform_is_seeded_and_light():
     a = [clip_transform(32, train=True, seed=5)(image) for _ in range(2)]
     b = clip_transform(32, train=True, seed=5)
     assert a[0].shape == (3, 32, 32)
-    np.testing.assert_array_equal(a[0], b(image), err_msg="same seed, same random crop")
-    assert not np.array_equal(b(image), b(image)), "successive calls draw new crops"
+    assert_array_equal(a[0], b(image), err_msg="same seed, same random crop")
+    assert not array_equal(b(image), b(image)), "successive calls draw new crops"
 
 
 # ---------------------------------------------------------------- the shapes dataset
 
 def test_generate_is_deterministic_by_seed():
     a, b, c = generate(20, seed=1, image_size=32), generate(20, seed=1, image_size=32), generate(20, seed=2, image_size=32)
-    np.testing.assert_array_equal(a.images, b.images, err_msg="the same seed must give the same images")
+    assert_array_equal(a.images, b.images, err_msg="the same seed must give the same images")
     assert a.captions == b.captions
-    assert not np.array_equal(a.images, c.images), "another seed must give other images"
+    assert not array_equal(a.images, c.images), "another seed must give other images"
 
 
 def test_one_seed_gives_the_same_scenes_at_every_size():
     small, large = generate(30, seed=4, image_size=32), generate(30, seed=4, image_size=64)
     assert small.images.shape == (30, 32, 32, 3) and large.images.shape == (30, 64, 64, 3)
     assert small.captions == large.captions
-    np.testing.assert_array_equal(small.positions, large.positions)
+    assert_array_equal(small.positions, large.positions)
 
 
 def test_captions_name_colour_and_shape():
@@ -157,10 +158,10 @@ def test_load_split_caches_and_each_split_has_its_own_seed(tmp_path):
     first = load_split("val", image_size=32, n=50, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("shapes_v*_val_n50_32px.npz"))) == 1, "the split should be cached"
     again = load_split("val", image_size=32, n=50, cache_dir=tmp_path)
-    np.testing.assert_array_equal(first.images, again.images)
+    assert_array_equal(first.images, again.images)
     assert first.captions == again.captions and first.classnames == class_names()
     test = load_split("test", image_size=32, n=50, cache_dir=None)
-    assert not np.array_equal(first.images, test.images), "val and test must be drawn from different seeds"
+    assert not array_equal(first.images, test.images), "val and test must be drawn from different seeds"
     with pytest.raises(ValueError, match="train"):
         load_split("training")
 
@@ -171,7 +172,7 @@ def test_batch_fast_path_equals_one_image_at_a_time():
     images, captions = ds.batch([4, 1])
     expected = np.stack([ds[4][0], ds[1][0]])
     assert images.shape == (2, 3, 32, 32) and captions == [sample.captions[4], sample.captions[1]]
-    np.testing.assert_array_equal(images, expected)
+    assert_array_equal(images, expected)
     with pytest.raises(ValueError, match=r"\(6, 32, 32\)"):
         ImageTextDataset(sample.images[..., 0], sample.captions)
 
@@ -181,7 +182,7 @@ def test_export_round_trips_through_csv_and_image_folder(tmp_path):
     pairs = CsvDataset(tmp_path / "out" / "train.csv", to_array)
     reference = load_split("train", image_size=32, n=12, cache_dir=None)
     assert len(pairs) == 12 and pairs.captions == reference.captions
-    np.testing.assert_array_equal(pairs[3][0], reference.images[3].transpose(2, 0, 1))
+    assert_array_equal(pairs[3][0], reference.images[3].transpose(2, 0, 1))
     unseen = ImageFolder(tmp_path / "out" / "zeroshot_unseen", to_array)
     assert set(unseen.classnames) <= {f"{c} {s}" for c, s in HELD_OUT} and unseen.templates == TEMPLATES
     assert len(unseen) == 10
@@ -316,11 +317,11 @@ def test_epoch_order_is_a_permutation_from_seed_and_epoch():
     loader = DataLoader(Numbers(10), batch_size=3, seed=7)
     for epoch in range(3):
         expected = np.random.default_rng((7, epoch)).permutation(10)
-        np.testing.assert_array_equal(loader.order(epoch), expected,
+        assert_array_equal(loader.order(epoch), expected,
                                       err_msg=f"epoch {epoch}: use numpy.random.default_rng((seed, epoch))")
-    assert not np.array_equal(loader.order(0), loader.order(1)), "each epoch has its own order"
+    assert not array_equal(loader.order(0), loader.order(1)), "each epoch has its own order"
     unshuffled = DataLoader(Numbers(10), batch_size=3, shuffle=False)
-    np.testing.assert_array_equal(unshuffled.order(5), np.arange(10))
+    assert_array_equal(unshuffled.order(5), np.arange(10))
 
 
 def test_batches_follow_the_order_and_drop_the_last_partial_one():

@@ -26,6 +26,7 @@ from minclip.optim import AdamW
 from minclip.runlog import draw_plots
 
 from conftest import GPU
+from support.compare import array_equal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_NAME = "tiny-vit-clip-seed0"                 # the CLI's default run name for these flags
@@ -131,7 +132,7 @@ def test_resume_continues_bit_identically(three_step_run, tmp_path):
     straight, _ = read_tensors(checkpoints(three_step_run) / "latest.safetensors")
     resumed, _ = read_tensors(checkpoints(logs) / "latest.safetensors")
     assert straight.keys() == resumed.keys()
-    different = [k for k in straight if not np.array_equal(straight[k], resumed[k])]
+    different = [k for k in straight if not array_equal(straight[k], resumed[k])]
     assert not different, (f"3 steps straight and 1 + resume + 2 must give the same bits; {len(different)} arrays "
                            f"differ, first {different[:3]}. Check what the checkpoint restores: weights, AdamW "
                            "moments and step, the RNG state, and the (epoch, step) the data order restarts from")

@@ -24,6 +24,7 @@ from minclip.retrieval import retrieval_metrics
 from minclip.tensor import Tensor
 from minclip.tokenizer import CLIPTokenizer
 from minclip.zeroshot import topk_accuracy, zero_shot_classifier
+from support.compare import assert_allclose
 
 
 class PromptTokenizer:
@@ -79,7 +80,7 @@ def test_the_classifier_normalizes_each_prompt_then_averages_and_renormalizes():
     # Averaging before normalizing would give (.6, .8, 0) instead.
     expected = np.array([[1 / math.sqrt(2), 1 / math.sqrt(2), 0], [0, 0, 1]])
     assert weights.shape == (2, 3), f"one row per class, one column per embedding dimension: got {weights.shape}"
-    np.testing.assert_allclose(weights, expected, atol=1e-6, err_msg=(
+    assert_allclose(weights, expected, atol=1e-6, err_msg=(
         "class vector = normalize(mean over templates of normalize(encode_text(template.format(name))))"))
 
 

@@ -15,8 +15,8 @@ model (``token_embedding.weight``, ``transformer.resblocks.0...``,
 ``ln_final.weight``, ``text_projection``, ``positional_embedding``), which is
 why ``CLIP`` inherits from this class instead of holding it as ``self.text``.
 """
-from minclip import nn
-from minclip.backend import array_module, xp
+from minclip import functional as F, nn
+from minclip.backend import array_module, value_range, xp
 from minclip.model.transformer import Transformer, normal_parameter
 from minclip.tensor import Tensor
 
@@ -72,14 +72,17 @@ class TextTransformer(nn.Module):
 
     def check_token_ids(self, ids):
         """Integer ids (B, T) with T <= context_length and every id in the vocabulary, as an array."""
-        ids = ids.data if isinstance(ids, Tensor) else array_module(self.text_projection.data).asarray(ids)
+        ids = ids.data if isinstance(ids, Tensor) else ids
+        if not hasattr(ids, "dtype"):
+            ids = array_module(self.text_projection.data).asarray(ids)
         if ids.ndim != 2 or ids.shape[1] > self.context_length or ids.dtype.kind not in "iu":
             raise ValueError(f"encode_text: expected integer token ids (B, T) with T <= context_length "
                              f"{self.context_length}, got {ids.dtype} {ids.shape}")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+        low, high = value_range(ids)  # on the host when the ids come from there: no sync
+        if low < 0 or high >= self.vocab_size:
             raise ValueError(f"encode_text: token ids must lie in [0, {self.vocab_size}), got "
-                             f"[{ids.min()}, {ids.max()}]; was the tokenizer's vocabulary larger than the model's?")
-        return ids
+                             f"[{low}, {high}]; was the tokenizer's vocabulary larger than the model's?")
+        return array_module(self.text_projection.data).asarray(ids)
 
     def encode_text(self, ids):
         """Token ids (B, T), EOT the highest id of each row -> text features (B, embed_dim), not normalized.
@@ -93,7 +96,7 @@ class TextTransformer(nn.Module):
         # BEGIN EXERCISE 4.4: end-of-text pooling
         ids = self.check_token_ids(ids)
         B, T = ids.shape
-        x = self.token_embedding(ids) + self.positional_embedding[:T]           # (B, T, D)
+        x = F.embedding(self.token_embedding.weight, ids) + self.positional_embedding[:T]  # (B, T, D), ids checked
         x = self.transformer(x, attn_mask=causal_mask(T, like=x.data))          # (B, T, D)
         x = self.ln_final(x)
         eot = array_module(ids).arange(B), ids.argmax(axis=-1)                  # one position per row

@@ -18,6 +18,7 @@ from minclip.backend import xp
 from minclip.nn import init
 from minclip.nn.linear import Linear, linear
 from minclip.nn.module import Module, Parameter
+from minclip.tensor import Tensor
 
 
 class MultiheadAttention(Module):
@@ -61,7 +62,7 @@ class MultiheadAttention(Module):
         self.check_input(value, 3, (D,), f"(B, T, {D})")
         q, k, v = self._project(query, key, value)                                 # (B, T, D) each
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # (B, H, T, d)
-        mask = getattr(attn_mask, "data", attn_mask)
+        mask = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
         if not need_weights:
             out = F.scaled_dot_product_attention(q, k, v, mask)                    # (B, H, Tq, d)
             weights = None

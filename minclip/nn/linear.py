@@ -2,10 +2,10 @@
 import math
 
 from minclip import functional as F
-from minclip.backend import xp
+from minclip.backend import value_range, xp
 from minclip.nn import init
 from minclip.nn.module import Module, Parameter
-from minclip.tensor import Function
+from minclip.tensor import Function, Tensor
 
 
 class LinearFunction(Function):
@@ -75,11 +75,12 @@ class Embedding(Module):
 
     def forward(self, ids):
         # NumPy reads id -1 as the last row and CuPy wraps ids past the end: both silently
-        # wrong, so check the range (on a GPU this costs one small device-to-host copy).
-        ids = self.weight.xp.asarray(getattr(ids, "data", ids))
-        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
+        # wrong, so check the range (free for host ids; one device-to-host copy on a GPU).
+        ids = ids.data if isinstance(ids, Tensor) else ids
+        low, high = value_range(ids)
+        if low < 0 or high >= self.num_embeddings:
             raise IndexError(f"Embedding({self.extra_repr()}): ids must be in [0, {self.num_embeddings}), "
-                             f"got ids from {int(ids.min())} to {int(ids.max())}")
+                             f"got ids from {low} to {high}")
         return F.embedding(self.weight, ids)                          # (*ids.shape, D)
 
     def extra_repr(self):

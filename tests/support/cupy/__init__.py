@@ -88,7 +88,7 @@ class ndarray:
         return (wrap(row) for row in self._a)
 
     def __getitem__(self, key):
-        key = unwrap(key)
+        key = _index(key)
         if any(getattr(k, "dtype", None) == bool for k in (key if isinstance(key, tuple) else (key,))):
             count_sync()  # the result's size lives on the device
         count_call()
@@ -96,7 +96,7 @@ class ndarray:
 
     def __setitem__(self, key, value):
         count_call()
-        self._a[unwrap(key)] = unwrap(value)
+        self._a[_index(key)] = unwrap(value)
 
     def __copy__(self):
         count_call()
@@ -119,6 +119,13 @@ class ndarray:
         if entry["kind"] == "function":
             return _standin.function(f"ndarray.{name}", value, entry["params"])
         return wrap(value)
+
+
+def _index(key):
+    """An index: CuPy copies NumPy index arrays to the device, so they pass here."""
+    if isinstance(key, tuple):
+        return tuple(_index(k) for k in key)
+    return key if isinstance(key, numpy.ndarray) else unwrap(key)
 
 
 def _operator(name):
