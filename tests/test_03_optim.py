@@ -17,8 +17,8 @@ from conftest import requires_gpu
 from minclip import backend
 from minclip.nn import Parameter
 from minclip.optim import (SGD, AdamW, CosineSchedule, clip_grad_norm_, cosine_lr,
-from support.compare import array_equal, assert_allclose
                            param_groups_for_weight_decay)
+from support.compare import array_equal, assert_allclose
 
 STEPS = 20
 # Agreement with PyTorch after 20 steps: |ours - torch| <= RTOL·(1 + |torch|), i.e. a few

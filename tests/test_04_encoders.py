@@ -17,8 +17,8 @@ import pytest
 from minclip import Tensor, no_grad
 from minclip import functional as F
 from minclip.model import (CLIP, PRESETS, AttentionPool2d, CLIPConfig, ModifiedResNet, ResidualAttentionBlock,
-from support.compare import allclose, array_equal, assert_allclose, assert_array_equal
                            VisionTransformer, causal_mask)
+from support.compare import allclose, array_equal, assert_allclose, assert_array_equal
 
 # A small CLIP with a ViT image tower, shaped so that Hugging Face can build its twin.
 SMALL_VIT = dict(embed_dim=24, image_resolution=32, vision_layers=2, vision_width=32, vision_patch_size=8,

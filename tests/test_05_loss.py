@@ -11,8 +11,8 @@ import pytest
 
 from minclip import Tensor, gradcheck
 from minclip.loss import (SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE, clip_loss, log_sigmoid,
-from support.compare import assert_allclose
                           siglip_loss, similarity_logits)
+from support.compare import assert_allclose
 
 # Two images (the standard basis) and two texts: text 0 leans towards image 1.
 IMAGES = [[1.0, 0.0], [0.0, 1.0]]
