@@ -207,8 +207,15 @@ def sliding_window_view(x, window_shape, axis):
     """A read-only strided view of every window (no copy), as NumPy's function."""
     if array_module(x) is numpy:
         return numpy.lib.stride_tricks.sliding_window_view(x, window_shape, axis=axis)
+    # CuPy's own copies window_shape to the GPU and checks it there, one sync per
+    # axis on every call: the same view, from strides computed on the host.
     import cupy
-    return cupy.lib.stride_tricks.sliding_window_view(x, window_shape, axis=axis)
+    axis = tuple(a % x.ndim for a in axis)
+    shape = list(x.shape)
+    for a, w in zip(axis, window_shape):
+        shape[a] -= w - 1
+    strides = x.strides + tuple(x.strides[a] for a in axis)
+    return cupy.lib.stride_tricks.as_strided(x, shape=tuple(shape) + tuple(window_shape), strides=strides)
 
 
 def erf(x):

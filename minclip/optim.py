@@ -21,7 +21,7 @@ scalar is cast to that dtype first, so float32 never becomes float64.
 import math
 
 from minclip import backend
-from minclip.backend import array_module
+from minclip.backend import array_module, xp
 from minclip.tensor import Tensor
 
 
@@ -222,19 +222,24 @@ def clip_grad_norm_(parameters, max_norm):
     total = √(Σ over every parameter of Σ g²); if total > max_norm, every
     gradient is multiplied by max_norm / (total + 1e-6) (in place), which keeps
     the direction of the update and bounds its size. Parameters without a
-    gradient are skipped. Returns the norm *before* clipping, as a float
-    (worth logging: spikes show instability), as ``torch.nn.utils.clip_grad_norm_``.
+    gradient are skipped. Returns the norm *before* clipping as a 0-d array
+    (``float()`` it to log it: spikes show instability), as
+    ``torch.nn.utils.clip_grad_norm_`` returns a tensor.
+
+    Everything stays on the device: instead of asking the host whether
+    total > max_norm (a GPU sync), every gradient is multiplied by
+    min(1, max_norm / (total + 1e-6)), exactly 1 when no clipping is needed.
     """
     # BEGIN EXERCISE 3.8: gradient clipping
     params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
     params = [p for p in params if p.grad is not None]
     if not params:
-        return 0.0
-    total = float(sum((p.grad * p.grad).sum() for p in params) ** 0.5)
-    if total > max_norm:
-        scale = max_norm / (total + 1e-6)
-        for p in params:
-            p.grad *= p.grad.dtype.type(scale)
+        return xp.zeros((), dtype="float32")
+    squares = [(p.grad * p.grad).sum() for p in params]
+    total = sum(squares[1:], squares[0]) ** 0.5                   # () on the device
+    scale = array_module(total).minimum(max_norm / (total + 1e-6), 1.0)
+    for p in params:
+        p.grad *= scale.astype(p.grad.dtype)
     return total
     # END EXERCISE
 

@@ -20,7 +20,7 @@ from minclip.nn import conv
 from minclip.nn.batchnorm import batch_statistics
 from minclip.nn.conv import col2im, im2col
 from minclip.tensor import Tensor
-from support.compare import assert_allclose, assert_array_equal
+from support.compare import host, assert_allclose, assert_array_equal
 
 RTOL = {"float64": 1e-8, "float32": 1e-4}
 
@@ -55,7 +55,7 @@ def forward_backward(torch, layer, torch_layer, x, seed=1234):
 
 def assert_matches(ours, theirs, dtype, where):
     for quantity, reference in theirs.items():
-        value = ours[quantity]
+        value = host(ours[quantity])
         assert value.dtype == np.dtype(dtype), f"{where}: {quantity} is {value.dtype}, expected {dtype} (no upcast)"
         assert value.shape == reference.shape, f"{where}: {quantity} has shape {value.shape}, torch {reference.shape}"
         error = np.abs(value - reference).max() / max(np.abs(reference).max(), 1e-30)
@@ -182,7 +182,7 @@ def test_conv2d_float32_stays_float32_and_matches_torch(torch, case):
 @pytest.mark.parametrize("case", [CONVOLUTIONS[1], CONVOLUTIONS[7]], ids=["3x3", "patches"])
 def test_conv2d_in_chunks_of_the_batch_matches_torch(torch, case, monkeypatch):
     """Large batches go through im2col a few images at a time (conv.CHUNK_BYTES): here one image at a time."""
-    monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(conv, "CHUNK_BYTES", {"numpy": 1, "cupy": 1})
     layer, twin, x = conv_pair(torch, case, "float64")
     assert_matches(*forward_backward(torch, layer, twin, x), "float64", f"{layer} in chunks of one image")
 

@@ -14,7 +14,7 @@ from minclip.gradcheck import gradcheck
 from minclip.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, MultiheadAttention,
                         Parameter, QuickGELU, Sequential, linear)
 from minclip.tensor import Tensor
-from support.compare import array_equal, assert_allclose
+from support.compare import host, array_equal, assert_allclose
 
 # Agreement with torch.nn: max |ours - torch| <= RTOL · max |torch|, per tensor.
 RTOL = {np.float64: 1e-8, np.float32: 1e-4}
@@ -193,6 +193,7 @@ def check_against_torch(torch, ours, theirs, inputs, dtype, call, call_torch, wh
     pairs += [(f"d {name}", p.grad, torch_params[name].grad.numpy()) for name, p in ours.named_parameters()]
     for name, a, b in pairs:
         assert a is not None, f"{what}: {name} got no gradient"
+        a = host(a)
         assert a.dtype == dtype, f"{what}: {name} is {a.dtype}, expected {np.dtype(dtype)}"
         error = np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
         assert error <= rtol, (f"{what} ({np.dtype(dtype).name}): {name} differs from torch.nn by "

@@ -18,7 +18,7 @@ from minclip import backend
 from minclip.nn import Parameter
 from minclip.optim import (SGD, AdamW, CosineSchedule, clip_grad_norm_, cosine_lr,
                            param_groups_for_weight_decay)
-from support.compare import array_equal, assert_allclose
+from support.compare import host, array_equal, assert_allclose
 
 STEPS = 20
 # Agreement with PyTorch after 20 steps: |ours - torch| <= RTOL·(1 + |torch|), i.e. a few
@@ -47,8 +47,8 @@ def make_problem(dtype, seed=0):
     curvature = {n: rng.uniform(0.2, 3.0, s).astype(dtype) for n, s in SHAPES.items()}
     target = {n: rng.standard_normal(s).astype(dtype) for n, s in SHAPES.items()}
 
-    def gradient(name, value):                         # NumPy, identical for both libraries
-        return np.asarray(curvature[name] * (value - target[name]))
+    def gradient(name, value):                         # on the host, identical for both libraries
+        return backend.asarray(curvature[name] * (host(value) - target[name]))
     return start, gradient
 
 
@@ -69,7 +69,7 @@ def descend(params, optimizer, steps, gradient, first_step=0):
         for name, p in params.items():
             p.grad = gradient(name, p.data)
         optimizer.step()
-        trajectory.append({n: p.data.copy() for n, p in params.items()})
+        trajectory.append({n: host(p.data).copy() for n, p in params.items()})
     return trajectory
 
 
@@ -352,11 +352,11 @@ def test_clip_grad_norm_matches_pytorch(torch, rng, max_norm):
     ours = [Parameter(np.zeros_like(g)) for g in grads]
     theirs = [torch.nn.Parameter(torch.zeros(g.shape)) for g in grads]
     for p, q, g in zip(ours, theirs, grads):
-        p.grad, q.grad = g.copy(), torch.from_numpy(g.copy())
+        p.grad, q.grad = backend.asarray(g.copy()), torch.from_numpy(g.copy())
     total = clip_grad_norm_(ours, max_norm)
     expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm).item()
-    assert isinstance(total, float)
-    assert total == pytest.approx(expected, rel=1e-6), "the returned norm is the global L2 norm before clipping"
+    assert total.shape == (), "the norm comes back as a 0-d array (on the device: no sync)"
+    assert float(total) == pytest.approx(expected, rel=1e-6), "the returned norm is the global L2 norm before clipping"
     for p, q in zip(ours, theirs):
         assert p.grad.dtype == np.float32
         assert_allclose(p.grad, q.grad.numpy(), rtol=1e-6, atol=1e-7,
@@ -367,13 +367,13 @@ def test_clip_grad_norm_matches_pytorch(torch, rng, max_norm):
 def test_clip_grad_norm_is_global_and_skips_missing_grads():
     """Two gradients (3, 4) and (0, 0, 12) have one norm, 13: both shrink by the same factor."""
     a, b, c = (Parameter(np.zeros(2, dtype=np.float32)) for _ in range(3))
-    a.grad = np.array([3.0, 4.0], dtype=np.float32)
-    b.grad = np.array([0.0, 12.0], dtype=np.float32)
-    assert clip_grad_norm_([a, b, c], max_norm=1.3) == pytest.approx(13.0)
+    a.grad = backend.asarray(np.array([3.0, 4.0], dtype=np.float32))
+    b.grad = backend.asarray(np.array([0.0, 12.0], dtype=np.float32))
+    assert float(clip_grad_norm_([a, b, c], max_norm=1.3)) == pytest.approx(13.0)
     assert_allclose(a.grad, [0.3, 0.4], rtol=1e-6)
     assert_allclose(b.grad, [0.0, 1.2], rtol=1e-6)
     assert c.grad is None
-    assert clip_grad_norm_([c], max_norm=1.0) == 0.0
+    assert float(clip_grad_norm_([c], max_norm=1.0)) == 0.0
 
 
 # ------------------------------------------------------------------- schedule

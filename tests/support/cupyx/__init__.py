@@ -7,4 +7,5 @@ from cupy import _standin
 def scatter_add(a, slices, value):
     """``a[slices] += value``, adding repeated indices up (CuPy: with atomics)."""
     _standin.count_call()
-    numpy.add.at(_standin.unwrap(a), _standin.unwrap(slices), _standin.unwrap(value))
+    from cupy import _index  # NumPy index arrays pass, as in CuPy's indexing
+    numpy.add.at(_standin.unwrap(a), _index(slices), _standin.unwrap(value))
