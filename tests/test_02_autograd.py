@@ -27,7 +27,7 @@ import minclip.functional as F
 from minclip import Tensor, backend, no_grad
 from minclip.gradcheck import GradcheckError, _numerical_gradient, gradcheck
 from minclip.tensor import Function, _topological_order, unbroadcast
-from support.compare import array_equal, assert_allclose, assert_array_equal
+from support.compare import host, array_equal, assert_allclose, assert_array_equal
 
 # Agreement with PyTorch, forward values and every input gradient. Measured on
 # 50 random inputs per op: in float64 every difference was below 1e-14; in
@@ -354,7 +354,7 @@ def test_topological_order_of_a_deep_chain_does_not_recurse():
 def test_backward_applies_the_chain_rule():
     x = Tensor(np.array([0.5, -1.0, 2.0]), requires_grad=True)
     (x ** 2).tanh().sum().backward()
-    expected = (1 - np.tanh(x.data ** 2) ** 2) * 2 * x.data
+    expected = (1 - np.tanh(x.numpy() ** 2) ** 2) * 2 * x.numpy()
     assert_allclose(x.grad, expected, rtol=1e-12,
                                err_msg="d tanh(x²)/dx = (1 - tanh²(x²)) · 2x")
 
@@ -363,7 +363,7 @@ def test_backward_applies_the_chain_rule():
 def test_a_tensor_used_twice_receives_the_sum_of_both_gradients():
     x = Tensor(np.array([0.5, -1.0]), requires_grad=True)
     F.stack([x.exp(), x ** 2]).sum().backward()
-    assert_allclose(x.grad, np.exp(x.data) + 2 * x.data, rtol=1e-12, err_msg=(
+    assert_allclose(x.grad, np.exp(x.numpy()) + 2 * x.numpy(), rtol=1e-12, err_msg=(
         "x feeds two branches; its gradient is exp(x) + 2x. Did the second one overwrite the first?"))
 
 

@@ -9,6 +9,7 @@ worst error; the code to look at is in ``minclip/nn/``.
 import numpy as np
 import pytest
 
+from minclip import backend
 from minclip import functional as F
 from minclip.gradcheck import gradcheck
 from minclip.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, MultiheadAttention,
@@ -152,13 +153,13 @@ def test_train_and_eval_reach_every_submodule():
     tower.train()
     assert all(m.training for m in tower.modules())
     dropped = tower.head[1](Tensor(np.ones((1000,), dtype=np.float32))).data
-    assert set(np.unique(dropped)) == {0.0, 2.0}, "Dropout(0.5) keeps elements scaled by 1/(1-p) = 2 while training"
+    assert set(np.unique(host(dropped))) == {0.0, 2.0}, "Dropout(0.5) keeps elements scaled by 1/(1-p) = 2 while training"
 
 
 def test_to_dtype_casts_float_parameters_and_buffers():
     tower = Tower()
     tower.register_buffer("positions", np.arange(5))
-    tower.token_embedding.weight.grad = np.ones((10, 4), dtype=np.float32)
+    tower.token_embedding.weight.grad = backend.asarray(np.ones((10, 4), dtype=np.float32))
     assert tower.to(dtype="float64") is tower
     assert {p.dtype for p in tower.parameters()} == {np.dtype(np.float64)}
     assert tower.attn_mask.dtype == np.float64 and tower.positions.dtype == np.int64, "only floats are cast"
@@ -231,8 +232,8 @@ def test_embedding_gradcheck(rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_layer_norm_matches_torch(torch, rng, dtype):
     ours, theirs = LayerNorm(6), torch.nn.LayerNorm(6)
-    ours.weight.data = rng.standard_normal(6).astype(np.float32)   # not the trivial ones / zeros
-    ours.bias.data = rng.standard_normal(6).astype(np.float32)
+    ours.weight.data = backend.asarray(rng.standard_normal(6).astype(np.float32))   # not the trivial ones / zeros
+    ours.bias.data = backend.asarray(rng.standard_normal(6).astype(np.float32))
     check_against_torch(torch, ours, theirs, [rng.standard_normal((2, 3, 6)) * 3 + 1], dtype,
                         lambda m, x: [m(x)], lambda m, x: [m(x)], "LayerNorm(6)")
 
@@ -260,13 +261,13 @@ def test_multihead_attention_matches_torch(torch, rng, dtype, case):
     heads, tq, tk, cross, causal, need_weights = MHA_CASES[case]
     D = 8
     ours, theirs = MultiheadAttention(D, heads), torch.nn.MultiheadAttention(D, heads, batch_first=True)
-    ours.in_proj_bias.data = rng.standard_normal(3 * D).astype(np.float32) * 0.1   # not zeros
-    ours.out_proj.bias.data = rng.standard_normal(D).astype(np.float32) * 0.1
+    ours.in_proj_bias.data = backend.asarray(rng.standard_normal(3 * D).astype(np.float32) * 0.1)   # not zeros
+    ours.out_proj.bias.data = backend.asarray(rng.standard_normal(D).astype(np.float32) * 0.1)
     mask = causal_mask(tq).astype(dtype) if causal else None
     inputs = [rng.standard_normal((2, tq, D))] + ([rng.standard_normal((2, tk, D)) for _ in "kv"] if cross else [])
 
     def call(m, *x):
-        out, weights = m(*x, attn_mask=mask, need_weights=need_weights)
+        out, weights = m(*x, attn_mask=None if mask is None else backend.asarray(mask), need_weights=need_weights)
         return [out] + ([weights] if need_weights else [])
 
     def call_torch(m, *x):
@@ -305,12 +306,12 @@ def test_causal_mask_hides_the_future():
     x = np.random.default_rng(0).standard_normal((1, 4, 4)).astype(np.float32)
     y = x.copy()
     y[0, -1] += 10.0
-    mask = causal_mask(4)
+    mask = backend.asarray(causal_mask(4))
     out_x, weights = mha(Tensor(x), attn_mask=mask, need_weights=True)
     out_y, _ = mha(Tensor(y), attn_mask=mask)
     assert_allclose(out_x.data[0, :3], out_y.data[0, :3], rtol=1e-6,
                                err_msg="tokens 0-2 must not see token 3")
-    assert np.all(np.triu(weights.data[0], k=1) == 0), "the weights above the diagonal must be 0"
+    assert np.all(np.triu(host(weights.data[0]), k=1) == 0), "the weights above the diagonal must be 0"
     assert_allclose(weights.data.sum(axis=-1), 1.0, rtol=1e-6)
 
 
@@ -354,8 +355,8 @@ def test_default_init_follows_pytorch_bounds_and_seed():
     from minclip import backend
     layer = Linear(400, 300)
     bound = 1 / np.sqrt(400)
-    assert np.abs(layer.weight.data).max() <= bound and np.abs(layer.weight.data).max() > 0.99 * bound
-    assert np.abs(layer.bias.data).max() <= bound
+    assert np.abs(host(layer.weight.data)).max() <= bound and np.abs(host(layer.weight.data)).max() > 0.99 * bound
+    assert np.abs(host(layer.bias.data)).max() <= bound
     assert layer.weight.dtype == np.float32
     assert abs(Embedding(300, 300).weight.data.std() - 1) < 0.01
     backend.seed(7)

@@ -80,7 +80,7 @@ def descend_torch(torch, params, optimizer, steps, gradient):
             group["lr"] = reference_lr(step)
         optimizer.zero_grad()
         for name, p in params.items():
-            p.grad = torch.from_numpy(gradient(name, p.detach().numpy()))
+            p.grad = torch.from_numpy(host(gradient(name, p.detach().numpy())))
         optimizer.step()
         trajectory.append({n: p.detach().numpy().copy() for n, p in params.items()})
     return trajectory
@@ -151,7 +151,7 @@ def test_sgd_trajectory_matches_pytorch(torch, dtype, setting):
 def test_first_adamw_step_moves_each_weight_by_about_lr():
     """After bias correction m̂ = g and v̂ = g², so step 1 is lr·g/(|g| + eps) ≈ lr·sign(g)."""
     p = Parameter(np.array([1.0, 1.0, 1.0], dtype=np.float32))
-    p.grad = np.array([1e-3, -5.0, 200.0], dtype=np.float32)
+    p.grad = backend.asarray(np.array([1e-3, -5.0, 200.0], dtype=np.float32))
     AdamW([p], lr=0.1, weight_decay=0.0).step()
     assert_allclose(p.data, [0.9, 1.1, 0.9], rtol=1e-5,
                                err_msg="the first AdamW step should be lr·sign(g), whatever |g|: "
@@ -162,7 +162,7 @@ def test_first_adamw_step_moves_each_weight_by_about_lr():
 def test_adamw_weight_decay_is_decoupled():
     """With a zero gradient, AdamW only shrinks the weight: p·(1 - lr·λ), no Adam normalization."""
     p = Parameter(np.array([2.0, -4.0], dtype=np.float32))
-    p.grad = np.zeros(2, dtype=np.float32)
+    p.grad = backend.asarray(np.zeros(2, dtype=np.float32))
     AdamW([p], lr=0.1, weight_decay=0.5).step()
     assert_allclose(p.data, [2.0 * 0.95, -4.0 * 0.95], rtol=1e-6,
                                err_msg="weight decay should multiply the weight by (1 - lr·weight_decay)")
@@ -289,7 +289,7 @@ def test_load_state_dict_checks_before_changing():
 
 def test_parameters_without_gradient_are_skipped_and_zero_grad_clears():
     a, b = Parameter(np.ones(2, dtype=np.float32)), Parameter(np.ones(2, dtype=np.float32))
-    a.grad = np.ones(2, dtype=np.float32)
+    a.grad = backend.asarray(np.ones(2, dtype=np.float32))
     optimizer = AdamW([a, b], lr=0.1, weight_decay=0.5)
     optimizer.step()
     assert array_equal(b.data, [1, 1]), "a parameter without .grad must not move (not even by weight decay)"
@@ -308,7 +308,7 @@ def test_bad_construction_raises_clear_errors():
         SGD([p], lr=-1)
     with pytest.raises(ValueError, match="nesterov"):
         SGD([p], lr=0.1, nesterov=True)
-    p.grad = np.ones(2, dtype=np.float64)
+    p.grad = backend.asarray(np.ones(2, dtype=np.float64))
     with pytest.raises(ValueError, match="float32 \\(2,\\) has a gradient float64"):
         SGD([p], lr=0.1).step()
 

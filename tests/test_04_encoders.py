@@ -18,7 +18,7 @@ from minclip import Tensor, no_grad
 from minclip import functional as F
 from minclip.model import (CLIP, PRESETS, AttentionPool2d, CLIPConfig, ModifiedResNet, ResidualAttentionBlock,
                            VisionTransformer, causal_mask)
-from support.compare import allclose, array_equal, assert_allclose, assert_array_equal
+from support.compare import allclose, array_equal, assert_allclose, assert_array_equal, host
 
 # A small CLIP with a ViT image tower, shaped so that Hugging Face can build its twin.
 SMALL_VIT = dict(embed_dim=24, image_resolution=32, vision_layers=2, vision_width=32, vision_patch_size=8,
@@ -34,7 +34,7 @@ def assert_close(got, expected, rtol, what, floor=1e-30):
     ``floor`` is the magnitude below which values count as zero (a gradient
     that is exactly 0 in theory comes out as round-off noise on both sides).
     """
-    got, expected = np.asarray(got, dtype="float64"), np.asarray(expected, dtype="float64")
+    got, expected = np.asarray(host(got), dtype="float64"), np.asarray(host(expected), dtype="float64")
     assert got.shape == expected.shape, f"{what}: expected shape {expected.shape}, got {got.shape}"
     scale = max(np.abs(expected).max(), floor)
     error = np.abs(got - expected).max() / scale

@@ -98,7 +98,7 @@ def test_a_checkpoint_loads_as_a_model_file(tmp_path):
     model = CLIP(CLIPConfig.preset("tiny-vit"))
     optimizer = AdamW(model.parameters(), lr=1e-3)
     for p in model.parameters():
-        p.grad = np.ones_like(p.data)
+        p.grad = p.xp.ones_like(p.data)
     optimizer.step()                                     # creates the optimizer's state
     save_checkpoint(tmp_path / "ckpt.safetensors", model, optimizer, {"step": 1})
     assert_same_weights(model.state_dict(), minclip.load(tmp_path / "ckpt.safetensors").state_dict(),
