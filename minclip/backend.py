@@ -218,6 +218,32 @@ def sliding_window_view(x, window_shape, axis):
     return cupy.lib.stride_tricks.as_strided(x, shape=tuple(shape) + tuple(window_shape), strides=strides)
 
 
+def elementwise(fn):
+    """Decorator for a chain of elementwise math, written once for both backends.
+
+    ``fn`` uses only operators and the ufuncs of its arrays' own module
+    (``array_module(x).exp``). On CuPy it is compiled by ``cupy.fuse`` into
+    one GPU kernel, instead of one launch and one temporary array per
+    operation; on NumPy it runs as written (callers keep a faster in-place
+    NumPy path where they have one, and ``fn.plain`` is the unfused function
+    a test compares with it). Numbers passed in should be NumPy scalars of
+    the arrays' dtype (``x.dtype.type(1.702)``), so float32 stays float32.
+    """
+    kernels = {}
+
+    def call(*args):
+        if array_module(args[0]) is numpy:
+            return fn(*args)
+        if fn not in kernels:
+            import cupy
+            kernels[fn] = cupy.fuse(kernel_name=fn.__name__)(fn)
+        return kernels[fn](*args)
+
+    call.plain = fn
+    call.__name__, call.__doc__ = fn.__name__, fn.__doc__
+    return call
+
+
 def erf(x):
     """The error function, elementwise (for the exact GELU).
 
