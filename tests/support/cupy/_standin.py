@@ -39,7 +39,12 @@ def _site():
     frame = sys._getframe(2)
     while frame.f_code.co_filename.startswith(_SUPPORT):
         frame = frame.f_back
-    return f"{os.path.relpath(frame.f_code.co_filename)}:{frame.f_lineno}"
+    return f"{_relative(frame.f_code.co_filename)}:{frame.f_lineno}"
+
+
+@functools.lru_cache(maxsize=None)
+def _relative(path):
+    return os.path.relpath(path)
 
 
 def count_call():
@@ -101,7 +106,6 @@ def check_keywords(name, params, kwargs):
 
 def function(name, target, params, host_ok=False):
     """``target`` (a NumPy callable) behind CuPy's name and keywords."""
-    @functools.wraps(target)
     def call(*args, **kwargs):
         check_keywords(name, params, kwargs)
         count_call()
