@@ -5,6 +5,7 @@ own ``.xp``), so the same lines run on a GPU. Only the modules listed below
 touch NumPy directly, each for a reason at the host boundary.
 """
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -50,18 +51,30 @@ def test_the_package_does_not_import_torch():
     assert out.strip() == "[]", f"importing minclip pulled in {out.strip()}"
 
 
-def test_gpu_check_script_needs_an_output_folder():
-    result = subprocess.run(["bash", "benchmarks/gpu_check.sh"], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode != 0 and "usage" in result.stderr.lower(), result.stderr
+@pytest.mark.parametrize("args", [[], ["a", "b"], ["--help"], [""]], ids=["none", "two", "an option", "empty"])
+def test_gpu_check_script_takes_exactly_one_output_folder(args):
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", *args], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 64 and result.stderr.strip() == "usage: bash benchmarks/gpu_check.sh OUT_DIR", (
+        result.stdout + result.stderr)
 
 
-def test_gpu_check_script_stops_cleanly_without_a_gpu(tmp_path):
-    if GPU:
-        pytest.skip("a GPU is present: the script would run for real")
-    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(tmp_path / "out")],
+def test_gpu_check_script_refuses_a_file_as_output_folder(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(tmp_path / "file")],
                             capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 64 and "not a directory" in result.stderr, result.stdout + result.stderr
+
+
+def test_gpu_check_script_stops_cleanly_without_cupy(tmp_path):
+    """Run with a ``cupy`` that fails to import (so also on a GPU machine, and in the stand-in pass)."""
+    fake = tmp_path / "no_cupy" / "cupy"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no CuPy here')\n")
+    env = {**os.environ, "PYTHONPATH": str(fake.parent)}
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=ROOT, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "GPU" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "GPU" in result.stderr and not (tmp_path / "out").exists()
 
 
 def _parity(against, tmp_path):
