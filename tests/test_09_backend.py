@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import GPU, requires_gpu
+from conftest import requires_gpu
 
 PACKAGE = pathlib.Path(__file__).parent.parent / "minclip"
 ROOT = PACKAGE.parent
