@@ -225,21 +225,20 @@ def elementwise(fn):
     (``array_module(x).exp``). On CuPy it is compiled by ``cupy.fuse`` into
     one GPU kernel, instead of one launch and one temporary array per
     operation; on NumPy it runs as written (callers keep a faster in-place
-    NumPy path where they have one, and ``fn.plain`` is the unfused function
-    a test compares with it). Numbers passed in should be NumPy scalars of
-    the arrays' dtype (``x.dtype.type(1.702)``), so float32 stays float32.
+    NumPy path where they have one, and tests compare the two). Numbers
+    passed in should be NumPy scalars of the arrays' dtype
+    (``x.dtype.type(1.702)``), so float32 stays float32.
     """
-    kernels = {}
+    fused = []  # compiled on first use, so that importing minclip never imports CuPy
 
     def call(*args):
         if array_module(args[0]) is numpy:
             return fn(*args)
-        if fn not in kernels:
+        if not fused:
             import cupy
-            kernels[fn] = cupy.fuse(kernel_name=fn.__name__)(fn)
-        return kernels[fn](*args)
+            fused.append(cupy.fuse(kernel_name=fn.__name__)(fn))
+        return fused[0](*args)
 
-    call.plain = fn
     call.__name__, call.__doc__ = fn.__name__, fn.__doc__
     return call
 

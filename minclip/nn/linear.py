@@ -77,6 +77,8 @@ class Embedding(Module):
         # NumPy reads id -1 as the last row and CuPy wraps ids past the end: both silently
         # wrong, so check the range (free for host ids; one device-to-host copy on a GPU).
         ids = ids.data if isinstance(ids, Tensor) else ids
+        if not hasattr(ids, "dtype"):                                 # a list
+            ids = self.weight.xp.asarray(ids)
         low, high = value_range(ids)
         if low < 0 or high >= self.num_embeddings:
             raise IndexError(f"Embedding({self.extra_repr()}): ids must be in [0, {self.num_embeddings}), "
