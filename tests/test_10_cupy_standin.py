@@ -62,3 +62,37 @@ def test_train_and_resume_with_backend_cupy(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     steps = [json.loads(line)["step"] for line in (tmp_path / "standin" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 16, f"resume must continue the step count: {steps}"
+
+
+STANDIN_RULES = r'''
+import numpy as np, pytest, cupy, cupyx
+from cupy import _standin
+a = cupy.asarray(np.arange(6, dtype="float32").reshape(2, 3))
+with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
+    np.asarray(a)
+for mixed in (lambda: a + np.ones(3), lambda: np.ones(3) + a, lambda: cupy.exp(np.ones(3))):
+    with pytest.raises(TypeError):
+        mixed()
+with pytest.raises(TypeError, match="unexpected keyword argument 'where'"):
+    cupy.sum(a, where=True)
+with pytest.raises(AttributeError):
+    cupy.random.default_rng(0).normal(size=3)       # CuPy's Generator has no normal()
+with pytest.raises(TypeError, match="Unsupported dtype object"):
+    cupy.asarray(a.data)                            # .data is a device pointer, not the values
+assert isinstance(a.sum(), cupy.ndarray) and a.sum().shape == ()   # reductions stay on the device
+_standin.reset()
+float(a.sum()), a.get(), a.max().item()
+assert sum(_standin.syncs.values()) == 3, _standin.syncs
+cupyx.scatter_add(a, (np.array([0, 0]), np.array([1, 1])), 1.0)
+assert a.get()[0, 1] == 3.0
+fused = cupy.fuse()(lambda x: cupy.exp(x) * 2)
+_standin.reset()
+fused(a)
+assert sum(_standin.calls.values()) == 1, _standin.calls    # one kernel launch
+print("ok")
+'''
+
+
+def test_the_standin_enforces_cupys_rules():
+    result = run(["-c", STANDIN_RULES], 60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr

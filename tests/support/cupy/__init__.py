@@ -153,7 +153,7 @@ class ufunc:
 
     def __init__(self, name, target, params):
         self.__name__, self._target, self._params = name, target, params
-        self._call = _standin.function(f"cupy.{name}", target, params)
+        self._call = _standin.function(f"cupy.{name}", target, params, fusable=True)
 
     def __call__(self, *args, **kwargs):
         return self._call(*args, **kwargs)

@@ -8,7 +8,8 @@ Two counters, keyed by the first call site outside the stand-in
 ("minclip/functional.py:120"):
 
 * ``syncs``: device->host synchronisations (``float``, ``int``, ``bool``,
-  ``.item()``, ``.get()``, ``.tolist()``, ``asnumpy``, boolean-mask indexing);
+  ``.item()``, ``.get()``, ``.tolist()``, ``asnumpy``, boolean-mask indexing,
+  CuPy's own ``sliding_window_view``, one per window axis);
 * ``calls``: array-library calls (functions, methods, operators), each one or
   more kernel launches on a GPU. A ``cupy.fuse`` function counts as one.
 """
@@ -104,9 +105,15 @@ def check_keywords(name, params, kwargs):
                             f"(CuPy {VERSION} has none)")
 
 
-def function(name, target, params, host_ok=False):
-    """``target`` (a NumPy callable) behind CuPy's name and keywords."""
+def function(name, target, params, host_ok=False, fusable=False):
+    """``target`` (a NumPy callable) behind CuPy's name and keywords.
+
+    Inside a ``cupy.fuse`` function only ufuncs (``fusable``) and operators
+    may run: the elementwise subset every fused kernel can compile.
+    """
     def call(*args, **kwargs):
+        if _fused and not fusable:
+            raise TypeError(f"{name}() inside a cupy.fuse function: the stand-in allows only ufuncs and operators")
         check_keywords(name, params, kwargs)
         count_call()
         if host_ok:  # asarray & co: the explicit way from the host to the device
