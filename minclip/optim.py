@@ -267,11 +267,12 @@ def clip_grad_norm_(parameters, max_norm):
     params = [p for p in params if p.grad is not None]
     if not params:
         return xp.zeros((), dtype="float32")
-    squares = [(p.grad * p.grad).sum() for p in params]
-    total = sum(squares[1:], squares[0]) ** 0.5                   # () on the device
-    scale = array_module(total).minimum(max_norm / (total + 1e-6), 1.0)
+    lib = array_module(params[0].grad)
+    total = lib.stack([lib.vdot(p.grad, p.grad) for p in params]).sum() ** 0.5   # () on the device
+    scale = lib.minimum(max_norm / (total + 1e-6), 1.0)
+    scales = {dtype: scale.astype(dtype) for dtype in {p.grad.dtype for p in params}}
     for p in params:
-        p.grad *= scale.astype(p.grad.dtype)
+        p.grad *= scales[p.grad.dtype]
     return total
     # END EXERCISE
 
