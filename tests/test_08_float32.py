@@ -12,8 +12,6 @@ is set, every op's forward and backward is called through it (that is how
 an op produces: its output, the arrays it saves for backward, and the
 gradients it returns.
 """
-import argparse
-
 import numpy as np
 import pytest
 
@@ -75,7 +73,7 @@ def one_training_step(preset):
     ids = rng.integers(1, V - 1, (BATCH, T))
     ids[:, T // 2] = V - 1                                            # end of text
     ids[:, T // 2 + 1:] = 0
-    train_step(model, optimizer, images, ids, argparse.Namespace(loss="clip", grad_clip_norm=1.0))
+    train_step(model, optimizer, images, ids, loss_name="clip", clip_norm=1.0)
     return model, optimizer
 
 
