@@ -9,7 +9,7 @@ got, and exits non-zero.
 import sys
 
 from minclip import backend
-from minclip.data import BadImageError
+from minclip.data import BadImageError, CsvDataset
 
 # The errors that mean "the input is wrong", not "minclip is wrong".
 USER_ERRORS = (FileNotFoundError, ValueError, BadImageError)
@@ -24,6 +24,12 @@ def add_csv_arguments(parser):
     parser.add_argument("--csv-img-key", default="filepath", help="CSV column of image paths (default: filepath)")
     parser.add_argument("--csv-caption-key", default="title", help="CSV column of captions (default: title)")
     parser.add_argument("--csv-separator", default="\t", help="CSV separator (default: tab)")
+
+
+def csv_dataset(path, transform, args, skip_bad_images=False):
+    """The CsvDataset at ``path``, read with the CSV flags of ``args``."""
+    return CsvDataset(path, transform, img_key=args.csv_img_key, caption_key=args.csv_caption_key,
+                      sep=args.csv_separator, skip_bad_images=skip_bad_images)
 
 
 def use_backend_or_exit(name):

@@ -20,8 +20,8 @@ import json
 import sys
 
 from minclip.checkpoint import load_checkpoint_model
-from minclip.cli import USER_ERRORS, add_backend_argument, add_csv_arguments, fail, use_backend_or_exit
-from minclip.data import CsvDataset, ImageFolder, clip_transform, shapes
+from minclip.cli import USER_ERRORS, add_backend_argument, add_csv_arguments, csv_dataset, fail, use_backend_or_exit
+from minclip.data import ImageFolder, clip_transform, shapes
 from minclip.linear_probe import linear_probe_evaluate
 from minclip.retrieval import retrieval_metrics
 from minclip.zeroshot import DEFAULT_TEMPLATES, encode_images, encode_texts, zero_shot_evaluate
@@ -111,8 +111,7 @@ def evaluate_files(args):
                         **builtin_sets(size, probe=not args.no_linear_probe))
     transform = clip_transform(size)
     zeroshot = {"test": ImageFolder(args.zeroshot_data, transform)} if args.zeroshot_data else None
-    retrieval = CsvDataset(args.val_data, transform, img_key=args.csv_img_key,
-                           caption_key=args.csv_caption_key, sep=args.csv_separator) if args.val_data else None
+    retrieval = csv_dataset(args.val_data, transform, args) if args.val_data else None
     return evaluate(model, tokenizer, zeroshot, retrieval, single_prompt=args.single_prompt)
 
 

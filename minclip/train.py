@@ -29,8 +29,8 @@ from minclip import backend
 from minclip.backend import xp
 from minclip.checkpoint import load_checkpoint, load_checkpoint_tokenizer, save_checkpoint
 from minclip.checkpoint import save as save_weights
-from minclip.cli import USER_ERRORS, add_backend_argument, add_csv_arguments, fail, use_backend_or_exit
-from minclip.data import CsvDataset, DataLoader, ImageFolder, clip_transform, shapes
+from minclip.cli import USER_ERRORS, add_backend_argument, add_csv_arguments, csv_dataset, fail, use_backend_or_exit
+from minclip.data import DataLoader, ImageFolder, clip_transform, shapes
 from minclip.evaluate import builtin_sets, evaluate, format_table
 from minclip.loss import clip_loss, siglip_loss
 from minclip.model import CLIP, CLIPConfig
@@ -84,18 +84,14 @@ def build_datasets(args, image_size):
     """(train, retrieval, zero-shot sets, linear-probe pair) from the flags."""
     if args.train_data:
         transform = clip_transform(image_size, train=args.augment, seed=args.seed)
-        train = CsvDataset(args.train_data, transform, img_key=args.csv_img_key,
-                           caption_key=args.csv_caption_key, sep=args.csv_separator,
-                           skip_bad_images=args.skip_bad_images)
+        train = csv_dataset(args.train_data, transform, args, args.skip_bad_images)
     else:
         train = shapes.load_split("train", image_size=image_size, n=args.train_num_samples)
     if args.no_eval:
         return train, None, None, None
     retrieval, zeroshot, probe = None, None, None
     if args.val_data:
-        retrieval = CsvDataset(args.val_data, clip_transform(image_size), img_key=args.csv_img_key,
-                               caption_key=args.csv_caption_key, sep=args.csv_separator,
-                               skip_bad_images=args.skip_bad_images)
+        retrieval = csv_dataset(args.val_data, clip_transform(image_size), args, args.skip_bad_images)
     if args.zeroshot_data:
         zeroshot = {"test": ImageFolder(args.zeroshot_data, clip_transform(image_size))}
     if not args.train_data:
