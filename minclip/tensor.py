@@ -20,6 +20,7 @@ fused ops (softmax, layer norm, cross-entropy, ...) live in ``functional.py``.
 """
 import math
 import numbers
+from abc import ABC, abstractmethod
 
 from minclip import backend
 from minclip.backend import array_module, backend_name
@@ -72,7 +73,7 @@ def unbroadcast(grad, shape):
     # END EXERCISE
 
 
-class Function:
+class Function(ABC):
     """Base class of every differentiable op.
 
     Subclasses define ``forward(self, *arrays, **options) -> array`` and
@@ -93,13 +94,13 @@ class Function:
         fn.parents = inputs
         return Tensor.from_op(out, fn)
 
+    @abstractmethod
     def forward(self, *arrays, **options):
         """Compute the output array (and save what backward needs on ``self``)."""
-        raise TypeError(f"{type(self).__name__} does not define forward")
 
+    @abstractmethod
     def backward(self, grad):
         """Given dL/d(output), return dL/d(input) for each input."""
-        raise TypeError(f"{type(self).__name__} does not define backward")
 
 
 def _check_same_backend(op_name, tensors):
