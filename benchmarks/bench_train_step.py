@@ -16,7 +16,6 @@ warm-up step each, the ratio minclip / PyTorch, and the peak memory of a step
 of each (a fresh process per library, see README.md). ``--profile`` adds
 minclip's per-op table of one step. Results: benchmarks/results/train_step.json.
 """
-import argparse
 import sys
 
 import common  # first: it fixes the thread counts before NumPy loads
@@ -62,8 +61,7 @@ def minclip_trainer(model, images, ids):
     """A callable doing one minclip training step; returns the loss."""
     optimizer = AdamW(param_groups_for_weight_decay(model.named_parameters(), WEIGHT_DECAY),
                       lr=LR, betas=BETAS, eps=EPS)
-    args = argparse.Namespace(loss="clip", grad_clip_norm=MAX_NORM)
-    return lambda: train_step(model, optimizer, images, ids, args)
+    return lambda: train_step(model, optimizer, images, ids, loss_name="clip", clip_norm=MAX_NORM)
 
 
 def torch_trainer(twin, images, ids, device="cpu"):

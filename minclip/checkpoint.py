@@ -35,6 +35,10 @@ import numpy
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from minclip.model import CLIP, CLIPConfig
+from minclip.model.clip import OPENAI_BOOKKEEPING_KEYS
+from minclip.tokenizer import CLIPTokenizer
+
 OPTIMIZER_PREFIX = "optimizer.state."
 _ITEMSIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
               "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
@@ -167,8 +171,6 @@ def clip_from_weights(weights, path, config_json=None):
     arrays' shapes, as OpenAI's ``build_model`` does. The integers that
     OpenAI's archives carry next to the weights are dropped.
     """
-    from minclip.model import CLIP, CLIPConfig
-    from minclip.model.clip import OPENAI_BOOKKEEPING_KEYS
     weights = {k: v for k, v in weights.items() if k not in OPENAI_BOOKKEEPING_KEYS}
     try:
         config = (CLIPConfig.from_dict(json.loads(config_json)) if config_json is not None
@@ -276,7 +278,6 @@ def load_checkpoint_tokenizer(path, config):
     run folder can be moved); a model without one uses OpenAI's tokenizer
     unless its config says it was trained with its own.
     """
-    from minclip.tokenizer import CLIPTokenizer
     _, metadata = read_header(path)
     source = json.loads(metadata.get("meta", "{}")).get("tokenizer", "openai")
     if config.tokenizer == "trained" and source == "openai":

@@ -19,6 +19,9 @@ import argparse
 import json
 import sys
 
+from minclip.checkpoint import load_checkpoint_model
+from minclip.cli import USER_ERRORS, add_backend_argument, add_csv_arguments, csv_dataset, fail, use_backend_or_exit
+from minclip.data import ImageFolder, clip_transform, shapes
 from minclip.linear_probe import linear_probe_evaluate
 from minclip.retrieval import retrieval_metrics
 from minclip.zeroshot import DEFAULT_TEMPLATES, encode_images, encode_texts, zero_shot_evaluate
@@ -69,20 +72,12 @@ def format_table(metrics):
 
 def builtin_sets(image_size, probe=True):
     """The built-in dataset's evaluation sets: zero-shot, retrieval, linear probe."""
-    from minclip.data import shapes
     test, unseen = shapes.load_split("test", image_size=image_size), shapes.load_split("unseen", image_size=image_size)
     sets = {"zeroshot": {"test": test, "unseen": unseen},
             "retrieval": shapes.load_split("val", image_size=image_size)}
     if probe:
         sets["probe"] = (shapes.load_split("train", image_size=image_size, n=2000), test)
     return sets
-
-
-def add_csv_arguments(parser):
-    """The CSV flags, with open_clip's names and defaults (shared with the training CLI)."""
-    parser.add_argument("--csv-img-key", default="filepath", help="CSV column of image paths (default: filepath)")
-    parser.add_argument("--csv-caption-key", default="title", help="CSV column of captions (default: title)")
-    parser.add_argument("--csv-separator", default="\t", help="CSV separator (default: tab)")
 
 
 def main(argv=None):
@@ -94,35 +89,29 @@ def main(argv=None):
     add_csv_arguments(parser)
     parser.add_argument("--no-linear-probe", action="store_true", help="skip the linear probe (built-in data only)")
     parser.add_argument("--single-prompt", action="store_true", help="use only the first template, not the ensemble")
-    parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array backend (default: numpy)")
+    add_backend_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     args = parser.parse_args(argv)
 
-    from minclip.train import use_backend_or_exit
     use_backend_or_exit(args.backend)
-    from minclip.data import BadImageError
     try:
         metrics = evaluate_files(args)
-    except (FileNotFoundError, ValueError, BadImageError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except USER_ERRORS as error:
+        return fail(error)
     print(json.dumps(metrics) if args.json else format_table(metrics))
     return 0
 
 
 def evaluate_files(args):
     """The metrics of the checkpoint and data that the command-line ``args`` name."""
-    from minclip.checkpoint import load_checkpoint_model
     model, tokenizer = load_checkpoint_model(args.checkpoint)
     size = model.config.image_resolution
     if not (args.zeroshot_data or args.val_data):
         return evaluate(model, tokenizer, single_prompt=args.single_prompt,
                         **builtin_sets(size, probe=not args.no_linear_probe))
-    from minclip.data import CsvDataset, ImageFolder, clip_transform
     transform = clip_transform(size)
     zeroshot = {"test": ImageFolder(args.zeroshot_data, transform)} if args.zeroshot_data else None
-    retrieval = CsvDataset(args.val_data, transform, img_key=args.csv_img_key,
-                           caption_key=args.csv_caption_key, sep=args.csv_separator) if args.val_data else None
+    retrieval = csv_dataset(args.val_data, transform, args) if args.val_data else None
     return evaluate(model, tokenizer, zeroshot, retrieval, single_prompt=args.single_prompt)
 
 

@@ -60,8 +60,8 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-6, rtol=1e-4, seed=0):
 def _float64_leaf(x):
     data = x.data if isinstance(x, Tensor) else backend.asarray(x)
     if data.dtype.kind != "f":
-        return Tensor(data, _keep=True)
-    return Tensor(data.astype("float64"), requires_grad=True, _keep=True)
+        return Tensor.from_array(data)
+    return Tensor.from_array(data.astype("float64"), requires_grad=True)
 
 
 def _numerical_gradient(loss, tensor, eps):

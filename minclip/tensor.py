@@ -20,6 +20,7 @@ fused ops (softmax, layer norm, cross-entropy, ...) live in ``functional.py``.
 """
 import math
 import numbers
+from abc import ABC, abstractmethod
 
 from minclip import backend
 from minclip.backend import array_module, backend_name
@@ -72,41 +73,34 @@ def unbroadcast(grad, shape):
     # END EXERCISE
 
 
-class Function:
+class Function(ABC):
     """Base class of every differentiable op.
 
     Subclasses define ``forward(self, *arrays, **options) -> array`` and
     ``backward(self, grad) -> tuple`` (one gradient per input, ``None`` for an
-    input that needs none). ``Op.apply(*tensors, **options)`` runs forward
-    and, when any input requires a gradient, records the op in the graph.
+    input that needs none). ``Function.apply(*tensors, **options)`` runs
+    forward and, when any input requires a gradient, records the op in the graph.
     """
-
-    profiler = None  # set by minclip.profile to time every op
 
     @classmethod
     def apply(cls, *inputs, **options):
         fn = cls()
         _check_same_backend(cls.__name__, inputs)
         fn.needs_grad = tuple(t.requires_grad for t in inputs)
-        if Function.profiler is not None:
-            out = Function.profiler.time_forward(fn, inputs, options)
-        else:
-            out = fn.forward(*(t.data for t in inputs), **options)
-        requires_grad = _grad_enabled and any(fn.needs_grad)
+        out = fn.forward(*(t.data for t in inputs), **options)
         out = backend.ensure_array(out)  # NumPy reductions return scalars: keep 0-d arrays
-        result = Tensor(out, requires_grad=requires_grad, _keep=True)
-        if requires_grad:
-            fn.parents = inputs
-            result._ctx = fn
-        return result
+        if not (_grad_enabled and any(fn.needs_grad)):
+            return Tensor.from_array(out)
+        fn.parents = inputs
+        return Tensor.from_op(out, fn)
 
+    @abstractmethod
     def forward(self, *arrays, **options):
         """Compute the output array (and save what backward needs on ``self``)."""
-        raise TypeError(f"{type(self).__name__} does not define forward")
 
+    @abstractmethod
     def backward(self, grad):
         """Given dL/d(output), return dL/d(input) for each input."""
-        raise TypeError(f"{type(self).__name__} does not define backward")
 
 
 def _check_same_backend(op_name, tensors):
@@ -124,15 +118,33 @@ class Tensor:
     a NumPy/CuPy array; it is placed on the active backend. Python floats and
     lists of floats become float32 (as in PyTorch); arrays keep their dtype,
     so a float64 array gives a float64 tensor (used for gradient checks).
+
+    Two named constructors skip that conversion, for arrays that are already
+    on the backend: ``Tensor.from_array`` and ``Tensor.from_op``.
     """
 
     __array_ufunc__ = None  # make `ndarray * Tensor` call Tensor.__rmul__
 
-    def __init__(self, data, requires_grad=False, dtype=None, _keep=False):
+    def __init__(self, data, requires_grad=False, dtype=None):
         if isinstance(data, Tensor):
             data = data.data
-        if not _keep:
-            data = backend.to_array(data, dtype)
+        self._set(backend.to_array(data, dtype), requires_grad)
+
+    @classmethod
+    def from_array(cls, array, requires_grad=False):
+        """Wrap an array of the active backend as it is: no copy, no change of dtype."""
+        tensor = cls.__new__(cls)
+        tensor._set(array, requires_grad)
+        return tensor
+
+    @classmethod
+    def from_op(cls, array, fn):
+        """The output ``array`` of the Function ``fn``: it requires a grad, and ``fn`` is its place in the graph."""
+        tensor = cls.from_array(array, requires_grad=True)
+        tensor._ctx = fn
+        return tensor
+
+    def _set(self, data, requires_grad):
         self.data = data
         self.grad = None
         self.requires_grad = bool(requires_grad)
@@ -164,7 +176,7 @@ class Tensor:
 
     def detach(self):
         """The same data, cut from the graph."""
-        return Tensor(self.data, _keep=True)
+        return Tensor.from_array(self.data)
 
     def zero_grad(self):
         self.grad = None
@@ -175,7 +187,7 @@ class Tensor:
 
     def to(self, name):
         """A copy on backend ``name`` ("numpy" or "cupy")."""
-        return Tensor(backend.move(self.data, name), requires_grad=self.requires_grad, _keep=True)
+        return Tensor.from_array(backend.move(self.data, name), requires_grad=self.requires_grad)
 
     def astype(self, dtype):
         """Cast to ``dtype`` (differentiable: the gradient is cast back)."""
@@ -223,9 +235,7 @@ class Tensor:
                 node.grad = g.copy() if node.grad is None else node.grad + g
             if fn is None:
                 continue
-            profiler = Function.profiler
-            parent_grads = fn.backward(g) if profiler is None else profiler.time_backward(fn, g)
-            for parent, parent_grad in zip(fn.parents, parent_grads):
+            for parent, parent_grad in zip(fn.parents, fn.backward(g)):
                 if parent_grad is None or not parent.requires_grad:
                     continue
                 key = id(parent)
@@ -241,7 +251,7 @@ class Tensor:
         if isinstance(other, Tensor):
             return other
         dtype = self.dtype if _is_float(self.data) else None
-        return Tensor(self.xp.asarray(other, dtype=dtype), _keep=True)
+        return Tensor.from_array(self.xp.asarray(other, dtype=dtype))
 
     def __add__(self, other):
         return Add.apply(self, self._wrap(other))
@@ -287,7 +297,7 @@ class Tensor:
     # comparisons give plain (non-differentiable) boolean tensors
     def _compare(self, other, op):
         other = other.data if isinstance(other, Tensor) else other
-        return Tensor(op(self.data, other), _keep=True)
+        return Tensor.from_array(op(self.data, other))
 
     def __lt__(self, other):
         return self._compare(other, lambda a, b: a < b)

@@ -29,8 +29,9 @@ from minclip import backend
 from minclip.backend import xp
 from minclip.checkpoint import load_checkpoint, load_checkpoint_tokenizer, save_checkpoint
 from minclip.checkpoint import save as save_weights
-from minclip.data import BadImageError, CsvDataset, DataLoader, ImageFolder, clip_transform, shapes
-from minclip.evaluate import add_csv_arguments, builtin_sets, evaluate, format_table
+from minclip.cli import USER_ERRORS, add_backend_argument, add_csv_arguments, csv_dataset, fail, use_backend_or_exit
+from minclip.data import DataLoader, ImageFolder, clip_transform, shapes
+from minclip.evaluate import builtin_sets, evaluate, format_table
 from minclip.loss import clip_loss, siglip_loss
 from minclip.model import CLIP, CLIPConfig
 from minclip.optim import AdamW, CosineSchedule, clip_grad_norm_, param_groups_for_weight_decay
@@ -58,7 +59,7 @@ def parse_args(argv=None):
     data.add_argument("--train-num-samples", type=int, help="built-in dataset: number of training images (default 10000)")
     model = p.add_argument_group("model and optimization")
     model.add_argument("--model", default="tiny-vit", help="preset: tiny-vit, tiny-rn, ViT-B-32, RN50 (default tiny-vit)")
-    model.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array backend (default numpy)")
+    add_backend_argument(model)
     model.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
     model.add_argument("--epochs", type=int, default=None, help="passes over the training data (default: the preset's)")
     model.add_argument("--max-steps", type=int, help="stop after this many steps in all (the schedule still spans --epochs)")
@@ -77,33 +78,20 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def use_backend_or_exit(name):
-    """Switch backend, or print the one-line reason and exit non-zero (no traceback)."""
-    try:
-        backend.set_backend(name)
-    except backend.BackendError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-
-
 # ------------------------------------------------------------------ setup
 
 def build_datasets(args, image_size):
     """(train, retrieval, zero-shot sets, linear-probe pair) from the flags."""
     if args.train_data:
         transform = clip_transform(image_size, train=args.augment, seed=args.seed)
-        train = CsvDataset(args.train_data, transform, img_key=args.csv_img_key,
-                           caption_key=args.csv_caption_key, sep=args.csv_separator,
-                           skip_bad_images=args.skip_bad_images)
+        train = csv_dataset(args.train_data, transform, args, args.skip_bad_images)
     else:
         train = shapes.load_split("train", image_size=image_size, n=args.train_num_samples)
     if args.no_eval:
         return train, None, None, None
     retrieval, zeroshot, probe = None, None, None
     if args.val_data:
-        retrieval = CsvDataset(args.val_data, clip_transform(image_size), img_key=args.csv_img_key,
-                               caption_key=args.csv_caption_key, sep=args.csv_separator,
-                               skip_bad_images=args.skip_bad_images)
+        retrieval = csv_dataset(args.val_data, clip_transform(image_size), args, args.skip_bad_images)
     if args.zeroshot_data:
         zeroshot = {"test": ImageFolder(args.zeroshot_data, clip_transform(image_size))}
     if not args.train_data:
@@ -123,11 +111,81 @@ def build_tokenizer(config, captions):
         return CLIPTokenizer.train(captions, vocab_size=config.vocab_size)
 
 
-def build_optimizer(model, args, total_steps):
-    optimizer = AdamW(param_groups_for_weight_decay(model.named_parameters(), args.wd),
-                      lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
-    warmup = args.warmup if args.warmup is not None else max(1, total_steps // 20)
+def build_optimizer(model, lr, weight_decay, warmup, total_steps):
+    """AdamW with CLIP's betas and eps, and its cosine schedule (warm-up: 5% of the run unless given)."""
+    optimizer = AdamW(param_groups_for_weight_decay(model.named_parameters(), weight_decay),
+                      lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    warmup = warmup if warmup is not None else max(1, total_steps // 20)
     return optimizer, CosineSchedule(optimizer, warmup, total_steps)
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything one training run holds; ``setup`` builds it, the loop advances ``step``."""
+    args: argparse.Namespace         # the flags, as given (never rewritten)
+    epochs: int                      # --epochs, or the preset's
+    config: CLIPConfig
+    run_dir: str
+    tokenizer: CLIPTokenizer
+    model: CLIP
+    optimizer: AdamW
+    schedule: CosineSchedule
+    train_set: object
+    loader: DataLoader
+    eval_sets: dict                  # zeroshot / retrieval / probe, as ``evaluate`` takes them
+    step: int = 0
+
+    @property
+    def steps_per_epoch(self):
+        return len(self.loader)
+
+    def path(self, *parts):
+        """A path inside the run's directory."""
+        return os.path.join(self.run_dir, *parts)
+
+
+def setup(args):
+    """Datasets, tokenizer, model and optimizer for ``args``; restored from ``--resume`` if given."""
+    config = dataclasses.replace(CLIPConfig.preset(args.model), loss=args.loss)
+    default_epochs, default_lr = PRESET_SCHEDULES.get(args.model.replace("/", "-"), (10, 5e-4))
+    epochs, lr = args.epochs or default_epochs, args.lr or default_lr
+    run_dir = os.path.join(args.logs, args.name or f"{args.model}-{args.loss}-seed{args.seed}")
+    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    resume = os.path.join(run_dir, "checkpoints", "latest.safetensors") if args.resume == "latest" else args.resume
+    if resume and not os.path.isfile(resume):
+        raise FileNotFoundError(f"--resume: no checkpoint {resume}")
+
+    backend.seed(args.seed)
+    train_set, retrieval, zeroshot, probe = build_datasets(args, config.image_resolution)
+    loader = DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed)
+    tokenizer = setup_tokenizer(config, train_set, resume, os.path.join(run_dir, "tokenizer.txt"))
+    config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)
+    model = CLIP(config)
+    optimizer, schedule = build_optimizer(model, lr, args.wd, args.warmup, len(loader) * epochs)
+    run = Run(args, epochs, config, run_dir, tokenizer, model, optimizer, schedule, train_set, loader,
+              {"zeroshot": zeroshot, "retrieval": retrieval, "probe": probe})
+    if resume:
+        meta = load_checkpoint(resume, model, optimizer)
+        run.step = meta["step"]
+        backend.set_rng_state(meta["rng"])
+        print(f"resumed from {resume} at step {run.step}")
+    return run
+
+
+def setup_tokenizer(config, train_set, resume, path):
+    """The run's tokenizer, written to ``path`` when it is a trained one.
+
+    On ``--resume`` a trained tokenizer is the one the checkpoint was trained
+    with, not a new one: BPE training on the same captions would give the
+    same merges, but a checkpoint from another run would not.
+    """
+    if resume and config.tokenizer == "trained":
+        tokenizer = load_checkpoint_tokenizer(resume, config)
+    else:
+        tokenizer = build_tokenizer(config, list(train_set.captions))
+    if config.tokenizer == "trained":
+        tokenizer.save(path)
+    return tokenizer
 
 
 # ------------------------------------------------------------------- step
@@ -138,14 +196,18 @@ def contrastive_loss(model, images, ids, loss_name):
     return clip_loss(*outputs) if loss_name == "clip" else siglip_loss(*outputs)
 
 
-def train_step(model, optimizer, images, ids, args):
-    """One step: forward, backward, clip, update, clamp the temperature. Returns the loss."""
+def train_step(model, optimizer, images, ids, loss_name="clip", clip_norm=1.0):
+    """One step: forward, backward, clip, update, clamp the temperature. Returns the loss.
+
+    ``loss_name`` is "clip" or "siglip"; ``clip_norm`` the largest global
+    gradient norm (0 or None: no clipping).
+    """
     # BEGIN EXERCISE 6.3: one CLIP training step
-    loss = contrastive_loss(model, Tensor(images), Tensor(ids), args.loss)
+    loss = contrastive_loss(model, Tensor(images), Tensor(ids), loss_name)
     optimizer.zero_grad()
     loss.backward()
-    if args.grad_clip_norm:
-        clip_grad_norm_(model.parameters(), args.grad_clip_norm)
+    if clip_norm:
+        clip_grad_norm_(model.parameters(), clip_norm)
     optimizer.step()
     scale = model.logit_scale.data                          # keep 1/temperature <= 100
     scale[...] = xp.minimum(scale, LOGIT_SCALE_MAX)
@@ -160,111 +222,109 @@ class NonFiniteLoss(RuntimeError):
 # -------------------------------------------------------------------- run
 
 def train(args):
-    """Run training as configured by ``args``; returns the final metrics dict."""
+    """Run training as configured by ``args``; returns the final metrics dict.
 
-    config = dataclasses.replace(CLIPConfig.preset(args.model), loss=args.loss)
-    epochs, lr = PRESET_SCHEDULES.get(args.model.replace("/", "-"), (10, 5e-4))
-    args.epochs, args.lr = args.epochs or epochs, args.lr or lr
-    name = args.name or f"{args.model}-{args.loss}-seed{args.seed}"
-    run_dir = os.path.join(args.logs, name)
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    os.makedirs(ckpt_dir, exist_ok=True)
-
-    backend.seed(args.seed)
-    train_set, retrieval, zeroshot, probe = build_datasets(args, config.image_resolution)
-    loader = DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed)
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * args.epochs
-    resume_path = os.path.join(ckpt_dir, "latest.safetensors") if args.resume == "latest" else args.resume
-    if resume_path and not os.path.isfile(resume_path):
-        raise FileNotFoundError(f"--resume: no checkpoint {resume_path}")
-    tokenizer_path = os.path.join(run_dir, "tokenizer.txt")
-    if resume_path and config.tokenizer == "trained":
-        tokenizer = load_checkpoint_tokenizer(resume_path, config)   # the one the checkpoint was trained with
-        tokenizer.save(tokenizer_path)
-    else:
-        tokenizer = build_tokenizer(config, list(train_set.captions))
-        if config.tokenizer == "trained":
-            tokenizer.save(tokenizer_path)
-    config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)
-
-    model = CLIP(config)
-    optimizer, schedule = build_optimizer(model, args, total_steps)
-    step = 0
-    if resume_path:
-        meta = load_checkpoint(resume_path, model, optimizer)
-        step = meta["step"]
-        backend.set_rng_state(meta["rng"])
-        print(f"resumed from {resume_path} at step {step}")
-
-    def save(path, epoch):
-        meta = {"step": step, "epoch": epoch, "rng": backend.get_rng_state(), "config": config.to_dict(),
-                "args": vars(args), "tokenizer": os.path.relpath(tokenizer_path, os.path.dirname(path))
-                if config.tokenizer == "trained" else "openai"}
-        save_checkpoint(path, model, optimizer, meta)
-
-    print(f"training {args.model}: {model.num_parameters():,} parameters, {len(train_set)} pairs, "
-          f"{args.epochs} epochs of {steps_per_epoch} steps, backend {backend.get_backend()}")
-    last_metrics = {}
+    Data-parallel training (one process per device) hooks into this loop in
+    two places: the gradients are averaged across processes between
+    ``loss.backward()`` and the clipping inside ``train_step``, and only
+    rank 0 calls ``log_step`` and ``end_of_epoch`` (logs, checkpoints,
+    evaluation), so that N processes do not write one file N times.
+    """
+    run = setup(args)
+    print(f"training {args.model}: {run.model.num_parameters():,} parameters, {len(run.train_set)} pairs, "
+          f"{run.epochs} epochs of {run.steps_per_epoch} steps, backend {backend.get_backend()}")
+    total_steps = run.steps_per_epoch * run.epochs
     stop_at = min(total_steps, args.max_steps or total_steps)
-    progress = _progress(total=stop_at, initial=step, disable=args.no_progress)
-    while step < stop_at:
-        epoch, start = divmod(step, steps_per_epoch)
-        model.train()
-        tic = time.perf_counter()
-        for images, captions in loader.epoch_batches(epoch, start_step=start):
-            schedule.step(step)
-            ids = tokenize(captions, config.context_length, tokenizer=tokenizer)
-            loss = train_step(model, optimizer, backend.asarray(images), backend.asarray(ids), args)
-            if not math.isfinite(loss):
-                progress.close()
-                latest = os.path.join(ckpt_dir, "latest.safetensors")
-                kept = f"the last good checkpoint is {latest}" if os.path.isfile(latest) else \
-                    "no checkpoint was saved before it"
-                raise NonFiniteLoss(f"the loss became {loss} at step {step}; stopped, {kept}. "
-                                    f"Try a lower --lr or a smaller --grad-clip-norm.")
-            step += 1
-            toc = time.perf_counter()
-            record = {"step": step, "epoch": epoch, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
-                      "logit_scale": float(math.exp(model.logit_scale.item())),
-                      "images_per_s": len(captions) / (toc - tic)}
-            tic = toc
-            append_jsonl(os.path.join(run_dir, "metrics.jsonl"), record)
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.1e}",
-                                 scale=f"{record['logit_scale']:.1f}", img_s=f"{record['images_per_s']:.0f}")
-            if step >= stop_at:
-                break
-        epoch_done = step % steps_per_epoch == 0
-        if epoch_done:
-            save(os.path.join(ckpt_dir, f"epoch_{step // steps_per_epoch}.safetensors"), step // steps_per_epoch)
-        save(os.path.join(ckpt_dir, "latest.safetensors"), epoch + epoch_done)
-        if epoch_done and zeroshot is not None:
-            with no_grad():
-                last_metrics = evaluate(model, tokenizer, zeroshot=zeroshot)
-            append_jsonl(os.path.join(run_dir, "results.jsonl"), {"epoch": step // steps_per_epoch, **last_metrics})
-            progress.write(f"epoch {step // steps_per_epoch}: " + ", ".join(
-                f"{k} {100 * v:.1f}%" for k, v in last_metrics.items() if k.endswith("top1")))
-        draw_plots(run_dir)
-    progress.close()
-    save_weights(model, os.path.join(run_dir, "model.safetensors"))   # weights only: loads in open_clip
-    if getattr(train_set, "skipped", 0):
-        print(f"skipped {train_set.skipped} unreadable images of {args.train_data} (--skip-bad-images)")
+    metrics = {}
+    with tqdm(total=stop_at, initial=run.step, disable=args.no_progress, unit="step", dynamic_ncols=True) as progress:
+        while run.step < stop_at:
+            epoch, start = divmod(run.step, run.steps_per_epoch)
+            run.model.train()
+            tic = time.perf_counter()
+            for images, captions in run.loader.epoch_batches(epoch, start_step=start):
+                run.schedule.step(run.step)
+                ids = tokenize(captions, run.config.context_length, tokenizer=run.tokenizer)
+                loss = train_step(run.model, run.optimizer, backend.asarray(images), backend.asarray(ids),
+                                  loss_name=args.loss, clip_norm=args.grad_clip_norm)
+                check_finite(loss, run)
+                run.step += 1
+                toc = time.perf_counter()
+                log_step(run, progress, epoch, loss, images_per_s=len(captions) / (toc - tic))
+                tic = toc
+                if run.step >= stop_at:
+                    break
+            metrics = end_of_epoch(run, progress, epoch) or metrics
+    return finish(run, metrics)
 
-    if not args.no_eval and (zeroshot or retrieval or probe):
-        last_metrics = evaluate(model, tokenizer, zeroshot=zeroshot, retrieval=retrieval, probe=probe)
-        append_jsonl(os.path.join(run_dir, "results.jsonl"), {"epoch": "final", **last_metrics})
+
+def check_finite(loss, run):
+    """Stop the run with one clear message when the loss is NaN or infinite."""
+    if math.isfinite(loss):
+        return
+    latest = run.path("checkpoints", "latest.safetensors")
+    kept = f"the last good checkpoint is {latest}" if os.path.isfile(latest) else "no checkpoint was saved before it"
+    raise NonFiniteLoss(f"the loss became {loss} at step {run.step}; stopped, {kept}. "
+                        f"Try a lower --lr or a smaller --grad-clip-norm.")
+
+
+def log_step(run, progress, epoch, loss, images_per_s):
+    """One line of metrics.jsonl, and the progress bar."""
+    record = {"step": run.step, "epoch": epoch, "loss": loss, "lr": run.optimizer.param_groups[0]["lr"],
+              "logit_scale": float(math.exp(run.model.logit_scale.item())), "images_per_s": images_per_s}
+    append_jsonl(run.path("metrics.jsonl"), record)
+    progress.update(1)
+    progress.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.1e}", scale=f"{record['logit_scale']:.1f}",
+                         img_s=f"{images_per_s:.0f}")
+
+
+def end_of_epoch(run, progress, epoch):
+    """Checkpoints, and at a finished epoch the zero-shot metrics (returned; None if none were measured).
+
+    It also runs when ``--max-steps`` stops the run mid-epoch: then only
+    ``latest`` is written, with the epoch it is in.
+    """
+    epoch_done = run.step % run.steps_per_epoch == 0
+    finished = run.step // run.steps_per_epoch
+    if epoch_done:
+        save_run(run, run.path("checkpoints", f"epoch_{finished}.safetensors"), finished)
+    save_run(run, run.path("checkpoints", "latest.safetensors"), epoch + epoch_done)
+    metrics = None
+    if epoch_done and run.eval_sets["zeroshot"] is not None:
+        with no_grad():
+            metrics = evaluate(run.model, run.tokenizer, zeroshot=run.eval_sets["zeroshot"])
+        append_jsonl(run.path("results.jsonl"), {"epoch": finished, **metrics})
+        progress.write(f"epoch {finished}: " + ", ".join(
+            f"{k} {100 * v:.1f}%" for k, v in metrics.items() if k.endswith("top1")))
+    draw_plots(run.run_dir)
+    return metrics
+
+
+def save_run(run, path, epoch):
+    """A checkpoint from which ``--resume`` continues bit for bit: weights, optimizer, step, RNG, config."""
+    tokenizer = os.path.relpath(run.path("tokenizer.txt"), os.path.dirname(path)) \
+        if run.config.tokenizer == "trained" else "openai"
+    meta = {"step": run.step, "epoch": epoch, "rng": backend.get_rng_state(), "config": run.config.to_dict(),
+            "args": {**vars(run.args), "epochs": run.epochs, "lr": run.optimizer.defaults["lr"]},
+            "tokenizer": tokenizer}
+    save_checkpoint(path, run.model, run.optimizer, meta)
+
+
+def finish(run, metrics):
+    """Write the weights-only file, run the final evaluation and write final_metrics.json; returns the metrics."""
+    args = run.args
+    save_weights(run.model, run.path("model.safetensors"))   # weights only: loads in open_clip
+    if getattr(run.train_set, "skipped", 0):
+        print(f"skipped {run.train_set.skipped} unreadable images of {args.train_data} (--skip-bad-images)")
+    if not args.no_eval and any(value is not None for value in run.eval_sets.values()):
+        metrics = evaluate(run.model, run.tokenizer, **run.eval_sets)
+        append_jsonl(run.path("results.jsonl"), {"epoch": "final", **metrics})
         print("\nfinal evaluation (zero-shot on held-out test images; 'unseen' = colour-shape pairs never "
               "seen in training):")
-        print(format_table(last_metrics))
-    print(f"\nrun saved in {run_dir}/ (checkpoints, metrics.jsonl, results.jsonl, plots/)")
-    with open(os.path.join(run_dir, "final_metrics.json"), "w") as f:
-        json.dump(last_metrics, f, indent=1)
-    return last_metrics
-
-
-def _progress(total, initial, disable):
-    return tqdm(total=total, initial=initial, disable=disable, unit="step", dynamic_ncols=True)
+        print(format_table(metrics))
+    print(f"\nrun saved in {run.run_dir}/ (checkpoints, metrics.jsonl, results.jsonl, plots/)")
+    with open(run.path("final_metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1)
+    return metrics
 
 
 def main(argv=None):
@@ -272,9 +332,8 @@ def main(argv=None):
     use_backend_or_exit(args.backend)
     try:
         train(args)
-    except (NonFiniteLoss, FileNotFoundError, ValueError, BadImageError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except (NonFiniteLoss, *USER_ERRORS) as error:
+        return fail(error)
     return 0
 
 

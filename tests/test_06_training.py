@@ -63,8 +63,7 @@ def checkpoints(logs):
 def test_train_step_fits_one_batch():
     model, (images, ids) = micro_clip(), micro_batch()
     optimizer = AdamW(model.parameters(), lr=3e-3)
-    args = train.parse_args([])
-    losses = [train.train_step(model, optimizer, images, ids, args) for _ in range(15)]
+    losses = [train.train_step(model, optimizer, images, ids) for _ in range(15)]
     assert isinstance(losses[0], float), f"train_step must return the loss as a Python float, got {type(losses[0])}"
     assert losses[-1] < 0.25, (f"15 steps on the same 8 pairs should drive the loss near 0, got {np.round(losses, 3)}: "
                                "does train_step call optimizer.zero_grad(), loss.backward() and optimizer.step()?")
@@ -74,7 +73,7 @@ def test_train_step_fits_one_batch():
 def test_train_step_clips_the_gradient_norm():
     model, (images, ids) = micro_clip(), micro_batch()
     optimizer = AdamW(model.parameters(), lr=1e-3)
-    train.train_step(model, optimizer, images, ids, train.parse_args(["--grad-clip-norm", "0.01"]))
+    train.train_step(model, optimizer, images, ids, clip_norm=0.01)
     norm = math.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum()) for p in model.parameters()))
     assert norm <= 0.01 * (1 + 1e-4), (f"after the step the gradients should have a global norm of at most "
                                        f"--grad-clip-norm 0.01, got {norm:.4g}: call clip_grad_norm_ between "
@@ -86,7 +85,7 @@ def test_train_step_keeps_the_logit_scale_at_most_ln_100():
     model, (images, ids) = micro_clip(), micro_batch()
     model.logit_scale.data[...] = math.log(500)        # a temperature below 1/100
     optimizer = AdamW(model.parameters(), lr=1e-3)
-    train.train_step(model, optimizer, images, ids, train.parse_args([]))
+    train.train_step(model, optimizer, images, ids)
     scale = float(model.logit_scale.data)
     assert scale == np.float32(train.LOGIT_SCALE_MAX), (
         f"logit_scale must be clamped to ln 100 = {train.LOGIT_SCALE_MAX:.4f} after the update (as open_clip does), "
@@ -149,8 +148,8 @@ def test_resume_from_a_missing_checkpoint_names_it(tmp_path, capsys):
 def feed_nan_images(monkeypatch):
     """Every training step now sees NaN images: the loss becomes NaN for real, and so do the gradients."""
     real_step = train.train_step
-    monkeypatch.setattr(train, "train_step", lambda model, optimizer, images, ids, args:
-                        real_step(model, optimizer, images * np.nan, ids, args))
+    monkeypatch.setattr(train, "train_step", lambda model, optimizer, images, ids, **options:
+                        real_step(model, optimizer, images * np.nan, ids, **options))
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(three_step_run, tmp_path, monkeypatch, capsys):

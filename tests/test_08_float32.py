@@ -6,21 +6,19 @@ whole computation into float64, twice as slow and twice as large, and the
 result still *looks* right. So these tests watch every op of one real
 training step (forward, backward, clipping, AdamW) of both tiny presets.
 
-The watch uses the engine's profiling hook, ``Function.profiler``: while it
-is set, every op's forward and backward is called through it (that is how
-``minclip.profile`` times them), so a checker placed there sees every array
-an op produces: its output, the arrays it saves for backward, and the
-gradients it returns.
+The watch uses ``minclip.profile.watch_ops``, the wrapper that times ops for
+the profiler: inside it every op's forward and backward runs through the
+watcher's ``around``, so a checker placed there sees every array an op
+produces: its output, the arrays it saves for backward, and the gradients it
+returns.
 """
-import argparse
-
 import numpy as np
 import pytest
 
 from minclip import backend
 from minclip.model import CLIP, CLIPConfig
 from minclip.optim import AdamW, param_groups_for_weight_decay
-from minclip.tensor import Function
+from minclip.profile import watch_ops
 from minclip.train import train_step
 
 BATCH = 4
@@ -38,29 +36,23 @@ class Float32Checker:
         if dtype is not None and dtype.kind == "f" and dtype != np.float32:
             self.problems.append(f"{type(fn).__name__}.{phase}: {what} is {dtype} {np.shape(array)}")
 
-    def time_forward(self, fn, inputs, options):
-        self.calls["forward"] += 1
-        out = fn.forward(*[t.data for t in inputs], **options)
-        self._check(fn, "forward", "the output", out)
-        for name, value in vars(fn).items():       # what the op saved for its backward
-            self._check(fn, "forward", f"saved self.{name}", value)
-        return out
-
-    def time_backward(self, fn, grad):
-        self.calls["backward"] += 1
-        grads = fn.backward(grad)
-        for i, g in enumerate(grads):
-            self._check(fn, "backward", f"the gradient of input {i}", g)
-        return grads
+    def around(self, fn, phase, run, array):
+        self.calls[phase] += 1
+        result = run()
+        if phase == "forward":
+            self._check(fn, "forward", "the output", result)
+            for name, value in vars(fn).items():       # what the op saved for its backward
+                self._check(fn, "forward", f"saved self.{name}", value)
+        else:
+            for i, g in enumerate(result):
+                self._check(fn, "backward", f"the gradient of input {i}", g)
+        return result
 
 
 @pytest.fixture
 def checker():
-    previous, Function.profiler = Function.profiler, Float32Checker()
-    try:
-        yield Function.profiler
-    finally:
-        Function.profiler = previous
+    with watch_ops(Float32Checker()) as watcher:
+        yield watcher
 
 
 def one_training_step(preset):
@@ -75,7 +67,7 @@ def one_training_step(preset):
     ids = rng.integers(1, V - 1, (BATCH, T))
     ids[:, T // 2] = V - 1                                            # end of text
     ids[:, T // 2 + 1:] = 0
-    train_step(model, optimizer, images, ids, argparse.Namespace(loss="clip", grad_clip_norm=1.0))
+    train_step(model, optimizer, images, ids, loss_name="clip", clip_norm=1.0)
     return model, optimizer
 
 
@@ -83,8 +75,8 @@ def one_training_step(preset):
 def test_every_op_of_a_training_step_stays_float32(checker, preset):
     one_training_step(preset)
     assert checker.calls["forward"] > 0 and checker.calls["backward"] > 0, (
-        f"the checker saw {checker.calls}: Function.apply must call Function.profiler.time_forward and "
-        f"Tensor.backward must call Function.profiler.time_backward when a profiler is set (minclip/tensor.py)")
+        f"the checker saw {checker.calls}: Function.apply must call the op's forward and Tensor.backward "
+        f"its backward (minclip/tensor.py), which minclip.profile.watch_ops wraps")
     assert not checker.problems, (
         f"{preset}: {len(checker.problems)} arrays were not float32 in one training step (an upcast: look for a "
         f"NumPy float64 scalar or a default-dtype array such as xp.zeros(shape) in these ops):\n  "

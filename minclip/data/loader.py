@@ -16,6 +16,7 @@ one decoded in a background thread while the model works on the current one.
 """
 import queue
 import threading
+from abc import ABC, abstractmethod
 
 import numpy as np
 from PIL import Image
@@ -42,18 +43,20 @@ def read_image(path, where=""):
     return image
 
 
-class Dataset:
+class Dataset(ABC):
     """The base of every data source: ``len``, ``ds[i]`` and a generic ``batch``."""
 
     labels = None
     classnames = None
     templates = None
 
+    @abstractmethod
     def __len__(self):
-        raise TypeError(f"{type(self).__name__} must define __len__")
+        """The number of examples."""
 
+    @abstractmethod
     def __getitem__(self, index):
-        raise TypeError(f"{type(self).__name__} must define __getitem__")
+        """Example ``index``: (image float32 (3, H, W), caption)."""
 
     def batch(self, indices):
         """(images float32 (B, 3, H, W), captions) for ``indices``, one example at a time."""

@@ -6,6 +6,6 @@
 from minclip.model.clip import CLIP
 from minclip.model.config import PRESETS, CLIPConfig
 from minclip.model.resnet import AttentionPool2d, Bottleneck, ModifiedResNet
-from minclip.model.text import TextTransformer, causal_mask
+from minclip.model.text import causal_mask
 from minclip.model.transformer import ResidualAttentionBlock, Transformer
 from minclip.model.vit import VisionTransformer

@@ -11,17 +11,19 @@ temperature, kept as its log so that it stays positive.
 Parameter names and the state dict are OpenAI's, key for key
 (``visual.conv1.weight``, ``transformer.resblocks.0.attn.in_proj_weight``,
 ``token_embedding.weight``, ``text_projection``, ``logit_scale``, ...), which
-are also open_clip's: the text tower's parts sit at the top level, so
-``CLIP`` *is* a ``TextTransformer`` with an image tower ``visual`` added.
+are also open_clip's. As in OpenAI's ``clip/model.py``, the image tower is
+one attribute, ``visual``, and the text tower's parts sit at the top level
+(``token_embedding``, ``positional_embedding``, ``transformer``,
+``ln_final``, ``text_projection``), run by ``encode_text``.
 """
-import math
-
 from minclip import functional as F
 from minclip import nn
-from minclip.backend import xp
+from minclip.backend import array_module, xp
+from minclip.loss import CLIP_INIT_LOGIT_SCALE, SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE
 from minclip.model.config import CLIPConfig
 from minclip.model.resnet import ModifiedResNet
-from minclip.model.text import TextTransformer
+from minclip.model.text import causal_mask, check_token_ids, initialize_blocks
+from minclip.model.transformer import Transformer, normal_parameter
 from minclip.model.vit import VisionTransformer
 from minclip.tensor import Tensor
 
@@ -29,7 +31,7 @@ from minclip.tensor import Tensor
 OPENAI_BOOKKEEPING_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
-class CLIP(TextTransformer):
+class CLIP(nn.Module):
     """``CLIP(config)``: both towers, built with OpenAI's initialization from minclip's seeded generator.
 
     ``config.loss == "siglip"`` adds a learned ``logit_bias`` (init -10) and
@@ -40,20 +42,32 @@ class CLIP(TextTransformer):
         if not isinstance(config, CLIPConfig):
             raise TypeError(f"CLIP(config): expected a CLIPConfig (e.g. CLIPConfig.preset('tiny-vit')), "
                             f"got {type(config).__name__}")
-        super().__init__(config.context_length, config.vocab_size, config.transformer_width,
-                         config.transformer_heads, config.transformer_layers, config.embed_dim, config.activation)
+        super().__init__()
         self.config = config
+        # the text tower (built first: its draws from the seeded generator come first)
+        width = config.transformer_width
+        self.transformer = Transformer(width=width, layers=config.transformer_layers,
+                                       heads=config.transformer_heads, activation=config.activation)
+        self.token_embedding = nn.Embedding(config.vocab_size, width)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        self.positional_embedding = normal_parameter((config.context_length, width), std=0.01)
+        self.ln_final = nn.LayerNorm(width)
+        self.text_projection = normal_parameter((width, config.embed_dim), std=width ** -0.5)
+        initialize_blocks(self.transformer)
+        # the image tower
         if config.is_vit:
-            self.visual = VisionTransformer(config.image_resolution, config.vision_patch_size, config.vision_width,
-                                            config.vision_layers, config.vision_heads, config.embed_dim,
-                                            config.activation)
+            self.visual = VisionTransformer(
+                input_resolution=config.image_resolution, patch_size=config.vision_patch_size,
+                width=config.vision_width, layers=config.vision_layers, heads=config.vision_heads,
+                output_dim=config.embed_dim, activation=config.activation)
         else:
-            self.visual = ModifiedResNet(config.vision_layers, config.embed_dim, config.vision_heads,
-                                         config.image_resolution, config.vision_width)
+            self.visual = ModifiedResNet(
+                layers=config.vision_layers, output_dim=config.embed_dim, heads=config.vision_heads,
+                input_resolution=config.image_resolution, width=config.vision_width)
         siglip = config.loss == "siglip"
-        self.logit_scale = _scalar_parameter(math.log(10.0) if siglip else math.log(1 / 0.07))
+        self.logit_scale = _scalar_parameter(SIGLIP_INIT_LOGIT_SCALE if siglip else CLIP_INIT_LOGIT_SCALE)
         if siglip:
-            self.logit_bias = _scalar_parameter(-10.0)
+            self.logit_bias = _scalar_parameter(SIGLIP_INIT_LOGIT_BIAS)
 
     @property
     def dtype(self):
@@ -67,6 +81,25 @@ class CLIP(TextTransformer):
         elif images.dtype != self.dtype:
             images = images.astype(self.dtype)
         return self.visual(images)
+
+    def encode_text(self, ids):
+        """Token ids (B, T), EOT the highest id of each row -> text features (B, embed_dim), not normalized.
+
+        Hint: check the ids (``check_token_ids``), add the token embeddings
+        and the first T positional embeddings, run the Transformer with the
+        causal mask, apply ``ln_final``; then gather one row per caption with
+        advanced indexing, ``x[arange(B), ids.argmax(-1)]``, and project it
+        with ``text_projection``.
+        """
+        # BEGIN EXERCISE 4.4: end-of-text pooling
+        ids = check_token_ids(ids, self.config.context_length, self.config.vocab_size, like=self.text_projection.data)
+        B, T = ids.shape
+        x = F.embedding(self.token_embedding.weight, ids) + self.positional_embedding[:T]  # (B, T, D), ids checked
+        x = self.transformer(x, attn_mask=causal_mask(T, like=x.data))          # (B, T, D)
+        x = self.ln_final(x)
+        eot = array_module(ids).arange(B), ids.argmax(axis=-1)                  # one position per row
+        return x[eot] @ self.text_projection                                    # (B, D) @ (D, E) -> (B, E)
+        # END EXERCISE
 
     def forward(self, images, ids):
         """-> ``(image_features, text_features, logit_scale)``, as open_clip's CLIP.

@@ -108,7 +108,7 @@ class AttentionPool2d(nn.Module):
 class ModifiedResNet(nn.Module):
     """OpenAI's ResNet: ``layers`` = Bottleneck blocks per stage, base ``width`` (64 for RN50)."""
 
-    def __init__(self, layers, output_dim, heads, input_resolution=224, width=64):
+    def __init__(self, *, layers, output_dim, heads, input_resolution=224, width=64):
         super().__init__()
         self.input_resolution = input_resolution
         # the three-convolution stem

@@ -25,7 +25,7 @@ from minclip.model.transformer import Transformer, normal_parameter
 class VisionTransformer(nn.Module):
     """ViT with patch size ``patch_size`` on ``input_resolution``² images, features of size ``output_dim``."""
 
-    def __init__(self, input_resolution, patch_size, width, layers, heads, output_dim, activation="quick_gelu"):
+    def __init__(self, *, input_resolution, patch_size, width, layers, heads, output_dim, activation="quick_gelu"):
         super().__init__()
         self.input_resolution, self.patch_size = input_resolution, patch_size
         self.grid = input_resolution // patch_size
@@ -34,7 +34,7 @@ class VisionTransformer(nn.Module):
         self.class_embedding = normal_parameter((width,), scale)
         self.positional_embedding = normal_parameter((self.grid ** 2 + 1, width), scale)
         self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads, activation)
+        self.transformer = Transformer(width=width, layers=layers, heads=heads, activation=activation)
         self.ln_post = nn.LayerNorm(width)
         self.proj = normal_parameter((width, output_dim), scale)
 
