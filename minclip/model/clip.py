@@ -50,6 +50,9 @@ class CLIP(TextTransformer):
         else:
             self.visual = ModifiedResNet(config.vision_layers, config.embed_dim, config.vision_heads,
                                          config.image_resolution, config.vision_width)
+        for module in self.modules():                  # every LayerNorm takes the config's ε
+            if isinstance(module, nn.LayerNorm):
+                module.eps = config.layer_norm_eps
         siglip = config.loss == "siglip"
         self.logit_scale = _scalar_parameter(math.log(10.0) if siglip else math.log(1 / 0.07))
         if siglip:
