@@ -164,15 +164,14 @@ def query_index(index, text=None, image=None, k=8, checkpoint=None):
 
 def draw_grid(results, path, tile=160, columns=4):
     """A PNG of thumbnails, each captioned with its rank, score and file name."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageOps
     rows = math.ceil(len(results) / columns)
     caption = 30
     grid = Image.new("RGB", (min(columns, len(results)) * tile, rows * (tile + caption)), "white")
     draw = ImageDraw.Draw(grid)
     for n, result in enumerate(results):
         x, y = n % columns * tile, n // columns * (tile + caption)
-        image = read_image(result["path"]).convert("RGB")
-        image.thumbnail((tile - 8, tile - 8))
+        image = ImageOps.contain(read_image(result["path"]).convert("RGB"), (tile - 8, tile - 8))
         grid.paste(image, (x + (tile - image.width) // 2, y + (tile - image.height) // 2))
         draw.text((x + 4, y + tile), f"{n + 1}. {result['score']:.3f}\n{os.path.basename(result['path'])[:24]}",
                   fill="black")
