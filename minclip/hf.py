@@ -191,8 +191,8 @@ def load_hf(path):
     weights_path = os.path.join(path, WEIGHTS_FILE)
     if not os.path.isfile(weights_path):
         if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
-            raise WeightsFileError(f"{path} holds pytorch_model.bin but no {WEIGHTS_FILE}: minclip reads only "
-                                   f"safetensors (re-save with CLIPModel.save_pretrained(..., safe_serialization=True))")
+            raise WeightsFileError(f"{path} holds pytorch_model.bin but no {WEIGHTS_FILE}: minclip reads "
+                                   f"only safetensors (re-save it with CLIPModel.save_pretrained)")
         raise FileNotFoundError(f"{path} has {CONFIG_FILE} but no {WEIGHTS_FILE}")
     try:
         with open(os.path.join(path, CONFIG_FILE)) as f:

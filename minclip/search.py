@@ -71,9 +71,9 @@ def write_index(path, embeddings, paths, checkpoint, model_fingerprint):
 
 def check_same_checkpoint(index_path, metadata, checkpoint, model_fingerprint):
     if metadata["fingerprint"] != model_fingerprint:
-        raise SearchIndexError(f"{index_path} was made with {metadata['checkpoint']} (weights {metadata['fingerprint']}), "
-                          f"not with {checkpoint} (weights {model_fingerprint}): its embeddings would not "
-                          f"compare; index again with --out NEW_INDEX")
+        raise SearchIndexError(f"{index_path} was made with {metadata['checkpoint']} (weights "
+                               f"{metadata['fingerprint']}), not with {checkpoint} (weights {model_fingerprint}): "
+                               f"their embeddings do not compare; index again with --out NEW_INDEX")
 
 
 # ---------------------------------------------------------------- index
