@@ -7,7 +7,9 @@
 Each label becomes a class vector (the prompt ensemble of ``minclip.zeroshot``:
 every template filled with the label, embedded, averaged); each image is
 embedded once, in batches; the probabilities are the softmax of the cosine
-similarities times the model's learned ``logit_scale``, as in the CLIP paper.
+similarities times the model's learned ``logit_scale``, as in the CLIP paper
+(for a SigLIP model, one sigmoid per label with its ``logit_bias``: they need
+not sum to 1).
 """
 import argparse
 import json
@@ -86,8 +88,11 @@ def predict(model, tokenizer, paths, labels, templates=(DEFAULT_TEMPLATE,), batc
     classifier = zero_shot_classifier(model, labels, check_templates(list(templates)), tokenizer)   # (C, E)
     images, _ = embed_image_files(model, paths, batch_size)                                         # (N, E)
     logits = math.exp(float(to_numpy(model.logit_scale.data))) * images @ classifier.T                 # (N, C)
-    logits = logits - logits.max(axis=1, keepdims=True)
-    probs = to_numpy(xp.exp(logits) / xp.exp(logits).sum(axis=1, keepdims=True))
+    if model.config.loss == "siglip":        # one independent yes/no per label, as SigLIP was trained
+        probs = to_numpy(1 / (1 + xp.exp(-(logits + model.logit_bias.data))))
+    else:
+        logits = logits - logits.max(axis=1, keepdims=True)
+        probs = to_numpy(xp.exp(logits) / xp.exp(logits).sum(axis=1, keepdims=True))
     return [{"image": path, "probs": {label: float(p) for label, p in zip(labels, row)}}
             for path, row in zip(paths, probs)]
 

@@ -131,6 +131,24 @@ def test_predict_reads_a_labels_file(checkpoint, folder, tmp_path, capsys):
     assert set(json.loads(capsys.readouterr().out)[0]["probs"]) == {"a dog", "a cat"}
 
 
+def test_a_checkpoint_whose_config_does_not_fit_is_one_line(checkpoint, folder, tmp_path):
+    from safetensors.numpy import save_file
+    model = minclip.load(checkpoint)
+    wrong = dict(model.config.to_dict(), embed_dim=64)                      # the tensors are 128 wide
+    save_file(model.state_dict(), tmp_path / "liar.safetensors", metadata={"config": json.dumps(wrong)})
+    line = one_line_error("minclip.predict", "--checkpoint", str(tmp_path / "liar.safetensors"),
+                          "--labels", "a,b", str(folder / "a.png"))
+    assert "liar.safetensors" in line and "has shape (128, 128), the model expects (128, 64)" in line
+
+
+def test_a_siglip_model_gives_one_sigmoid_per_label(folder):
+    from minclip.tokenizer import CLIPTokenizer
+    model = CLIP(CLIPConfig.preset("tiny-vit", loss="siglip", tokenizer="openai", vocab_size=49408,
+                                   context_length=77))
+    result = predict(model, CLIPTokenizer(), [str(folder / "a.png")], ["a dog", "a cat"])[0]["probs"]
+    assert all(0 < p < 0.01 for p in result.values()), f"logit_bias -10 at init: every p near sigmoid(-10), {result}"
+
+
 @pytest.mark.parametrize("case", ["missing image", "corrupt image", "no labels", "template without {}"])
 def test_predict_bad_input_is_one_line(case, checkpoint, folder):
     args = {"missing image": ["--labels", "a,b", str(folder / "gone.png")],
