@@ -157,7 +157,11 @@ def save(model, path, dtype="float32"):
 
 
 def load(path):
-    """A CLIP model from a weights file: minclip's ``save``, a checkpoint, or open_clip's safetensors."""
+    """A CLIP model from a weights file (minclip's ``save``, a checkpoint, open_clip's safetensors)
+    or a directory (Hugging Face ``CLIPModel``, or a minclip run folder: see ``minclip.hf``)."""
+    if os.path.isdir(path):
+        from minclip.hf import load_directory
+        return load_directory(path)[0]
     tensors, metadata = read_tensors(path)
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
     return clip_from_weights(weights, path, metadata.get("config"))
@@ -265,7 +269,10 @@ def _to_json(value, what):
 
 
 def load_checkpoint_model(path):
-    """(model, tokenizer) from a checkpoint or model file, ready for evaluation."""
+    """(model, tokenizer) from a checkpoint, a model file or a directory, ready for evaluation."""
+    if os.path.isdir(path):
+        from minclip.hf import load_directory
+        return load_directory(path)
     model = load(path)
     return model, load_checkpoint_tokenizer(path, model.config)
 

@@ -3,9 +3,12 @@
     python -m minclip.convert ViT-B-32.pt vit-b-32.safetensors           # OpenAI's TorchScript archive
     python -m minclip.convert open_clip_pytorch_model.bin b32.safetensors  # an open_clip state dict
     python -m minclip.convert model.safetensors model.pt                 # back to a PyTorch state dict
+    python -m minclip.convert hf_clip_dir/ model.safetensors             # a Hugging Face CLIPModel directory
+    python -m minclip.convert --to hf model.safetensors hf_clip_dir/     # to one (CLIPModel.from_pretrained)
 
 The direction comes from the file names: ``.pt``/``.pth``/``.bin`` are
-PyTorch files, ``.safetensors`` is minclip's format (or open_clip's). Every
+PyTorch files, ``.safetensors`` is minclip's format (or open_clip's), a
+directory is Hugging Face's (see ``minclip.hf``); ``--to hf`` writes one. Every
 conversion goes through a minclip ``CLIP``, so the weights are checked on
 the way and the output carries the model's config.
 
@@ -20,7 +23,8 @@ import sys
 import warnings
 import zipfile
 
-from minclip.checkpoint import WeightsFileError, clip_from_weights, load, save
+from minclip.checkpoint import WeightsFileError, clip_from_weights, load, load_checkpoint_tokenizer, save
+from minclip.hf import load_directory, save_hf
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -30,24 +34,40 @@ class TorchMissing(ImportError):
     """A .pt/.bin file was asked for, and PyTorch is not installed."""
 
 
-def convert(source, target, dtype="float32"):
-    """Read the weights in ``source``, build the CLIP they describe, write them to ``target``."""
+def convert(source, target, dtype="float32", to=None):
+    """Read the weights in ``source``, build the CLIP they describe, write them to ``target``.
+
+    ``to="hf"`` writes a Hugging Face ``CLIPModel`` directory (always float32).
+    """
     source, target = os.fspath(source), os.fspath(target)
-    if source.endswith(TORCH_SUFFIXES):
-        model = clip_from_weights(read_torch_state_dict(source), source)
-    elif source.endswith(SAFETENSORS_SUFFIX):
-        model = load(source)
-    else:
-        raise ValueError(f"cannot tell the format of {source}: expected a name ending in "
-                         f"{', '.join(TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,))}")
-    if target.endswith(SAFETENSORS_SUFFIX):
+    model = read_model(source)
+    if to == "hf":
+        save_hf(model, target, own_tokenizer(source, model.config))
+    elif target.endswith(SAFETENSORS_SUFFIX):
         save(model, target, dtype=dtype)
     elif target.endswith(TORCH_SUFFIXES):
         write_torch_state_dict(model.state_dict(), target, dtype)
     else:
         raise ValueError(f"cannot tell which format to write to {target}: give it a name ending in "
-                         f"{SAFETENSORS_SUFFIX} or one of {', '.join(TORCH_SUFFIXES)}")
+                         f"{SAFETENSORS_SUFFIX} or one of {', '.join(TORCH_SUFFIXES)}, or --to hf")
     return model
+
+
+def read_model(source):
+    """The CLIP in any weights minclip reads: a PyTorch file, a safetensors file, a directory."""
+    if source.endswith(TORCH_SUFFIXES):
+        return clip_from_weights(read_torch_state_dict(source), source)
+    if source.endswith(SAFETENSORS_SUFFIX) or os.path.isdir(source):
+        return load(source)
+    raise ValueError(f"cannot tell the format of {source}: expected a directory or a name ending in "
+                     f"{', '.join(TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,))}")
+
+
+def own_tokenizer(source, config):
+    """The tokenizer that a model trained with its own keeps beside its weights (None: OpenAI's)."""
+    if config.tokenizer != "trained":
+        return None
+    return load_directory(source)[1] if os.path.isdir(source) else load_checkpoint_tokenizer(source, config)
 
 
 def read_torch_state_dict(path):
@@ -107,13 +127,16 @@ def _import_torch(path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minclip.convert", description=__doc__.split("\n")[0])
-    parser.add_argument("source", help="weights to read: .pt/.pth/.bin (PyTorch) or .safetensors")
-    parser.add_argument("target", help="file to write: .safetensors (minclip) or .pt/.pth/.bin (PyTorch)")
+    parser.add_argument("source", help="weights to read: .pt/.pth/.bin (PyTorch), .safetensors, "
+                                       "or a Hugging Face CLIPModel directory")
+    parser.add_argument("target", help="file to write: .safetensors (minclip) or .pt/.pth/.bin (PyTorch); "
+                                       "a directory with --to hf")
+    parser.add_argument("--to", choices=["hf"], help="hf: write a Hugging Face CLIPModel directory")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                         help="floating-point type on disk (default float32)")
     args = parser.parse_args(argv)
     try:
-        model = convert(args.source, args.target, args.dtype)
+        model = convert(args.source, args.target, args.dtype, args.to)
     except (TorchMissing, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

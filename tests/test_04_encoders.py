@@ -16,6 +16,7 @@ import pytest
 
 from minclip import Tensor, no_grad
 from minclip import functional as F
+from minclip.hf import hf_to_openai
 from minclip.model import (CLIP, PRESETS, AttentionPool2d, CLIPConfig, ModifiedResNet, ResidualAttentionBlock,
                            VisionTransformer, causal_mask)
 from support.compare import allclose, array_equal, assert_allclose, assert_array_equal, host
@@ -92,29 +93,6 @@ def hf_block_to_openai(hf, h, o):
                          ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
         for p in ("weight", "bias"):
             out[f"{o}{ours}.{p}"] = hf[f"{h}{theirs}.{p}"]
-    return out
-
-
-def hf_to_openai(hf):
-    """HF ``CLIPModel`` names -> OpenAI's, for any dict keyed by HF names (weights or their gradients)."""
-    out = {
-        "visual.conv1.weight": hf["vision_model.embeddings.patch_embedding.weight"],
-        "visual.class_embedding": hf["vision_model.embeddings.class_embedding"],
-        "visual.positional_embedding": hf["vision_model.embeddings.position_embedding.weight"],
-        "visual.proj": hf["visual_projection.weight"].T,            # HF's Linear stores (out, in)
-        "token_embedding.weight": hf["text_model.embeddings.token_embedding.weight"],
-        "positional_embedding": hf["text_model.embeddings.position_embedding.weight"],
-        "text_projection": hf["text_projection.weight"].T,
-        "logit_scale": hf["logit_scale"],
-    }
-    for theirs, ours in (("vision_model.pre_layrnorm", "visual.ln_pre"), ("vision_model.post_layernorm", "visual.ln_post"),
-                         ("text_model.final_layer_norm", "ln_final")):
-        for p in ("weight", "bias"):
-            out[f"{ours}.{p}"] = hf[f"{theirs}.{p}"]
-    for tower, ours in (("vision_model", "visual.transformer"), ("text_model", "transformer")):
-        layers = {k.split(".")[3] for k in hf if k.startswith(f"{tower}.encoder.layers.")}
-        for i in layers:
-            out.update(hf_block_to_openai(hf, f"{tower}.encoder.layers.{i}.", f"{ours}.resblocks.{i}."))
     return out
 
 

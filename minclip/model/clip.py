@@ -64,6 +64,9 @@ class CLIP(nn.Module):
             self.visual = ModifiedResNet(
                 layers=config.vision_layers, output_dim=config.embed_dim, heads=config.vision_heads,
                 input_resolution=config.image_resolution, width=config.vision_width)
+        for module in self.modules():                  # every LayerNorm takes the config's ε
+            if isinstance(module, nn.LayerNorm):
+                module.eps = config.layer_norm_eps
         siglip = config.loss == "siglip"
         self.logit_scale = _scalar_parameter(SIGLIP_INIT_LOGIT_SCALE if siglip else CLIP_INIT_LOGIT_SCALE)
         if siglip:

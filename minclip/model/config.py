@@ -1,12 +1,14 @@
 """``CLIPConfig``: every number that fixes the shape of a CLIP model.
 
 The fields are OpenAI's ``CLIP(...)`` arguments (the same names appear in
-their ``build_model``), plus four choices of our own:
+their ``build_model``), plus five choices of our own:
 
 * ``vision_heads``: OpenAI computes it (width // 64 for a ViT, width·32 // 64
   for a ResNet, i.e. 64-dimensional heads); tiny models want more, smaller heads.
 * ``activation``: "quick_gelu" (x·σ(1.702x), what OpenAI's weights were
   trained with) or "gelu" (the exact erf form).
+* ``layer_norm_eps``: the ε of every LayerNorm (1e-5 in OpenAI's code; a
+  Hugging Face config may say otherwise).
 * ``tokenizer``: "openai" (the published 49,408-token BPE) or "trained" (a
   small BPE trained on our own captions).
 * ``loss``: "clip" (softmax InfoNCE) or "siglip" (pairwise sigmoid; the model
@@ -40,6 +42,7 @@ class CLIPConfig:
     transformer_layers: int
     # choices
     activation: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
     tokenizer: str = "openai"
     loss: str = "clip"
 
