@@ -354,6 +354,9 @@ def allreduce_gradients(params, comm):
     params = [p for p in params if p.grad is not None]
     if comm.size == 1 or not params:
         return
+    dtypes = sorted({p.grad.dtype.name for p in params})
+    if len(dtypes) > 1:    # one buffer would silently upcast the others
+        raise ValueError(f"allreduce_gradients: expected gradients of one dtype, got {', '.join(dtypes)}")
     xp = array_module(params[0].grad)
     flat = xp.concatenate([p.grad.reshape(-1) for p in params])           # (P,)
     flat = comm.allreduce(flat)

@@ -23,6 +23,7 @@ passes a gradient check; synced batch norm is batch norm of the whole batch.
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -60,9 +61,13 @@ def test_two_mpi_ranks_train_as_one_process(tmp_path):
     if mpiexec is None:
         pytest.skip("no mpiexec on PATH (pip install mpich)")
     out = tmp_path / "results.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}   # 2 ranks on 2 cores
+    env = {**os.environ, "OMP_NUM_THREADS": "1",                        # 2 ranks on 2 cores
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "mpi4py", str(ROOT / "tests" / "mpi_step.py"),
                            str(out)], env=env, capture_output=True, text=True, timeout=600)
+    unsolved = re.search(r"NotImplementedError: (Exercise \d+\.\d+[^\n]*)", done.stderr)
+    if unsolved:   # the student edition: wait for that exercise, as an in-process test would
+        raise NotImplementedError(unsolved.group(1))
     assert done.returncode == 0, f"mpiexec failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     report = json.loads(out.read_text())
     assert report["size"] == 2
