@@ -102,34 +102,37 @@ class MPICommunicator(Communicator):
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.cuda_aware = cuda_aware
 
-    def _buffers(self, x, out_shape):
-        """(send buffer, receive buffer, to_backend) for x; see the class docstring."""
+    def _prepare(self, x):
+        """(a buffer MPI can read, its array module, the way back to x's backend)."""
         xp = array_module(x)
         if self.cuda_aware and backend.backend_name(x) == "cupy":
-            xp.cuda.get_current_stream().synchronize()
-            return _contiguous(x), xp.empty(out_shape, x.dtype), lambda r: r
+            xp.cuda.get_current_stream().synchronize()    # MPI must see finished values
+            return _contiguous(x), xp, lambda result: result
         host = _contiguous(backend.to_numpy(x))
-        return host, array_module(host).empty(out_shape, host.dtype), xp.asarray
+        return host, array_module(host), xp.asarray
 
     def allgather(self, x):
-        send, recv, back = self._buffers(x, (self.size * x.shape[0],) + x.shape[1:])
+        send, lib, back = self._prepare(x)
+        recv = lib.empty((self.size * x.shape[0],) + x.shape[1:], send.dtype)
         self.comm.Allgather(send, recv)
         return back(recv)
 
     def reduce_scatter(self, x):
         self._check_divisible(x)
-        send, recv, back = self._buffers(x, (x.shape[0] // self.size,) + x.shape[1:])
+        send, lib, back = self._prepare(x)
+        recv = lib.empty((x.shape[0] // self.size,) + x.shape[1:], send.dtype)
         self.comm.Reduce_scatter_block(send, recv)        # op defaults to MPI.SUM
         return back(recv)
 
     def allreduce(self, x):
-        send, recv, back = self._buffers(x, x.shape)
+        send, lib, back = self._prepare(x)
+        recv = lib.empty_like(send)
         self.comm.Allreduce(send, recv)
         return back(recv)
 
     def broadcast(self, x, root=0):
-        buffer, _, back = self._buffers(x, x.shape)
-        buffer = buffer.copy()
+        send, _, back = self._prepare(x)
+        buffer = send.copy()                              # Bcast writes into it on the other ranks
         self.comm.Bcast(buffer, root=root)
         return back(buffer)
 
