@@ -86,6 +86,11 @@ class SingleProcess(Communicator):
         pass
 
 
+def _contiguous(x):
+    """x itself, or a C-contiguous copy (``ascontiguousarray`` would turn a 0-d array into 1-d)."""
+    return x if x.flags.c_contiguous else x.copy()
+
+
 class MPICommunicator(Communicator):
     """MPI through mpi4py's buffer (upper-case) methods: no pickling, no extra copies.
 
@@ -190,18 +195,15 @@ class NCCLCommunicator(Communicator):
         self.mpi.Barrier()
 
 
-def _contiguous(x):
-    """x itself, or a C-contiguous copy (``ascontiguousarray`` would turn a 0-d array into 1-d)."""
-    return x if x.flags.c_contiguous else x.copy()
-
-
 class ThreadCommunicator(Communicator):
     """Rank ``rank`` of N ranks that are threads of one process (see ``run_threads``).
 
     Each collective puts this rank's array in a shared slot, waits until all
     N have, reads all N, and waits again before the slots are reused. The
     sums run in rank order, so every rank gets the same bits. For teaching and
-    tests: the whole data-parallel step is visible in one Python process.
+    tests: the whole data-parallel step is visible in one Python process. The
+    ranks share the process's global state (the backend's random generator,
+    ``no_grad``), so per-rank code should not change it.
     """
 
     def __init__(self, rank, size, shared):
@@ -249,7 +251,7 @@ def run_threads(size, fn):
     def target(rank):
         try:
             results[rank] = fn(ThreadCommunicator(rank, size, shared))
-        except BaseException as error:  # noqa: B036 (re-raised in the caller)
+        except BaseException as error:   # any error: re-raised below, in the caller's thread
             errors.append(error)
             shared["barrier"].abort()
 
