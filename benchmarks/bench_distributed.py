@@ -29,8 +29,11 @@ import time
 WORKER_FLAG = "--worker"
 
 
-def _argument(name, default, cast=str):
-    return cast(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
+def _options():
+    """(model, global batch, reps) from ``--model``, ``--batch``, ``--reps``."""
+    def argument(name, default, cast):
+        return cast(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
+    return argument("--model", "tiny-vit", str), argument("--batch", 128, int), argument("--reps", 10, int)
 
 
 # ---------------------------------------------------------------- worker
@@ -109,7 +112,7 @@ def launch(ranks, threads, model_name, batch, reps):
 
 
 def main():
-    model_name, batch, reps = _argument("--model", "tiny-vit"), _argument("--batch", 128, int), _argument("--reps", 10, int)
+    model_name, batch, reps = _options()
     if shutil.which("mpiexec") is None:
         sys.exit("error: bench_distributed needs mpiexec on PATH (pip install mpi4py mpich)")
     import common
@@ -134,6 +137,6 @@ def main():
 
 if __name__ == "__main__":
     if WORKER_FLAG in sys.argv:
-        worker(_argument("--model", "tiny-vit"), _argument("--batch", 128, int), _argument("--reps", 10, int))
+        worker(*_options())
     else:
         main()
