@@ -15,6 +15,12 @@ and then scaled and shifted by learned per-channel ``weight`` and ``bias``:
 State, named as in PyTorch (and so in OpenAI's ResNet weights): parameters
 ``weight``, ``bias``; buffers ``running_mean``, ``running_var`` and
 ``num_batches_tracked`` (an int64 scalar array).
+
+Synchronised batch norm (data-parallel training, ``sync_batchnorm``): each
+rank holds a slice of the batch, and the statistics must be those of the
+whole global batch, or N ranks would not train the model one process would.
+The per-channel sums are all-reduced over the ranks in forward (Σx, then
+Σ(x - mean)²) and in backward (Σg·x̂ and Σg).
 """
 from minclip.backend import array_module, xp
 from minclip.nn.module import Module, Parameter
@@ -44,6 +50,29 @@ def batch_statistics(x, running_mean, running_var, momentum):
     # END EXERCISE
 
 
+def synced_batch_statistics(x, running_mean, running_var, momentum, comm):
+    """``batch_statistics`` over the global batch: the slices x (N_r, C, H, W) of every rank.
+
+    Two all-reduces of per-channel sums, (Σx, count) and then Σ(x - mean)²:
+    the two-pass variance, as accurate as one process's (the one-pass
+    Σx² - n·mean² cancels badly in float32). The running estimates are
+    updated as in ``batch_statistics``, with n the global count (travelling
+    in x's dtype: exact up to 2²⁴ values per channel in float32, rounded by
+    less than 1e-7 relative beyond).
+    """
+    xp, axes, C = array_module(x), (0, 2, 3), x.shape[1]
+    local_count = xp.asarray([x.size // C], dtype=x.dtype)
+    sums = comm.allreduce(xp.concatenate([x.sum(axis=axes), local_count]))  # (C + 1,)
+    n = int(sums[-1])
+    mean = sums[:C] / n                                                      # (C,)
+    var = comm.allreduce(((x - mean.reshape(1, -1, 1, 1)) ** 2).sum(axis=axes)) / n   # (C,)
+    running_mean *= 1 - momentum
+    running_mean += momentum * mean
+    running_var *= 1 - momentum
+    running_var += (momentum * n / (n - 1)) * var
+    return mean, var
+
+
 class BatchNormFunction(Function):
     """y = x̂ · w + b with x̂ = (x - mean) / √(var + eps), per channel of x (N, C, H, W).
 
@@ -59,15 +88,19 @@ class BatchNormFunction(Function):
     y = x · (w / √(var + eps)) + (b - mean · w / √(var + eps)): two passes over
     x. It saves x (which is alive anyway) rather than x̂, and backward
     recomputes x̂: one activation-sized array less per layer.
+
+    Synced (``comm`` given): n, Σ g·x̂ and Σ g in dx are sums over every
+    rank's slice, one all-reduce; dw and db stay this rank's own (the
+    gradient all-reduce of the training step adds them up).
     """
 
-    def forward(self, x, weight, bias, *, mean, var, eps, batch_stats):
+    def forward(self, x, weight, bias, *, mean, var, eps, batch_stats, comm=None):
         per_channel = (1, -1, 1, 1)
         rstd = (1 / array_module(x).sqrt(var + eps)).astype(x.dtype, copy=False)   # (C,)
         mean = mean.astype(x.dtype, copy=False)
         scale = weight * rstd                                              # (C,) w / √(var + eps)
         self.x, self.mean, self.rstd, self.scale = x, mean, rstd, scale.reshape(per_channel)
-        self.batch_stats = batch_stats
+        self.batch_stats, self.comm = batch_stats, comm
         out = x * self.scale                                               # (N, C, H, W)
         out += (bias - mean * scale).reshape(per_channel)
         return out
@@ -80,22 +113,29 @@ class BatchNormFunction(Function):
         gb = g.sum(axis=axes)                                              # (C,)
         gx = None
         if self.needs_grad[0] and self.batch_stats:
-            n = g.size // g.shape[1]
-            gx = g - (gb / n).reshape(per_channel)
-            gx -= xhat * (gw / n).reshape(per_channel)
+            n, sum_gw, sum_gb = g.size // g.shape[1], gw, gb
+            if self.comm is not None:
+                C, xp = gw.shape[0], array_module(g)
+                total = self.comm.allreduce(xp.concatenate([gw, gb, xp.asarray([n], dtype=gw.dtype)]))
+                sum_gw, sum_gb, n = total[:C], total[C:2 * C], int(total[-1])
+            gx = g - (sum_gb / n).reshape(per_channel)
+            gx -= xhat * (sum_gw / n).reshape(per_channel)
             gx *= self.scale
         elif self.needs_grad[0]:
             gx = g * self.scale
         return gx, gw, gb
 
 
-def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
+               comm=None):
     """Batch normalization of x (N, C, H, W), as PyTorch's ``F.batch_norm``.
 
     ``training=True``: normalize with the batch's statistics and update
     ``running_mean`` and ``running_var`` (arrays of shape (C,)) in place.
     ``training=False``: normalize with the running statistics.
     ``weight`` and ``bias`` (C,) are optional (no scale and shift without them).
+    ``comm`` (a ``minclip.distributed`` communicator): in training, the
+    statistics of the global batch of all ranks (synchronised batch norm).
     """
     C = x.shape[1] if x.ndim == 4 else None
     if C is None or running_mean.shape != (C,) or running_var.shape != (C,):
@@ -103,20 +143,24 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
                          f"{x.shape}, running_mean {running_mean.shape}, running_var {running_var.shape}")
     if training and x.size // C < 2:
         raise ValueError(f"batch_norm: training needs more than one value per channel, got input {x.shape}")
-    if training:
+    if training and comm is not None:
+        mean, var = synced_batch_statistics(x.data, running_mean, running_var, momentum, comm)
+    elif training:
         mean, var = batch_statistics(x.data, running_mean, running_var, momentum)
     else:
         mean, var = running_mean, running_var
     weight = Tensor(xp.ones(C, dtype=x.dtype)) if weight is None else weight
     bias = Tensor(xp.zeros(C, dtype=x.dtype)) if bias is None else bias
-    return BatchNormFunction.apply(x, weight, bias, mean=mean, var=var, eps=eps, batch_stats=training)
+    return BatchNormFunction.apply(x, weight, bias, mean=mean, var=var, eps=eps, batch_stats=training,
+                                   comm=comm if training else None)
 
 
 class BatchNorm2d(Module):
     """Per-channel batch normalization of (N, num_features, H, W) inputs.
 
     ``momentum=None`` makes the running statistics a plain average of all
-    batches seen so far (PyTorch's cumulative moving average).
+    batches seen so far (PyTorch's cumulative moving average). ``comm``
+    (None: this process's batch alone) is set by ``sync_batchnorm``.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
@@ -127,6 +171,7 @@ class BatchNorm2d(Module):
         self.register_buffer("running_mean", xp.zeros(num_features, dtype="float32"))
         self.register_buffer("running_var", xp.ones(num_features, dtype="float32"))
         self.register_buffer("num_batches_tracked", xp.zeros((), dtype="int64"))
+        self.comm = None
 
     def forward(self, x):
         self.check_input(x, 4, (self.num_features, None, None), f"(N, {self.num_features}, H, W)")
@@ -136,7 +181,17 @@ class BatchNorm2d(Module):
             if momentum is None:
                 momentum = 1.0 / int(self.num_batches_tracked)
         return batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                          training=self.training, momentum=momentum, eps=self.eps)
+                          training=self.training, momentum=momentum, eps=self.eps, comm=self.comm)
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+def sync_batchnorm(model, comm):
+    """Make every ``BatchNorm2d`` of ``model`` use the global batch of ``comm``'s ranks
+    in training (PyTorch's ``SyncBatchNorm.convert_sync_batchnorm``); returns ``model``.
+    Weights and state are untouched, so checkpoints do not change."""
+    for module in model.modules():
+        if isinstance(module, BatchNorm2d):
+            module.comm = comm
+    return model
