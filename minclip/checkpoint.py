@@ -1,14 +1,7 @@
 """Weight files and training checkpoints, in the safetensors format.
 
-A safetensors file is three parts, and nothing else::
-
-    8 bytes   N, the length of the header (a little-endian unsigned integer)
-    N bytes   a JSON header: {"__metadata__": {str: str},
-                              key: {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, ...}
-    the rest  the raw bytes of every array, back to back
-
-There is no pickle in it, so opening a file cannot run code, and NumPy reads
-it without PyTorch. minclip writes three kinds of file in this one format:
+The format itself (and reading it without PyTorch) is ``safetensors_file.py``;
+minclip writes three kinds of file in this one format:
 
 * a **model file** (``save`` / ``load``): the state dict under OpenAI's key
   names, so openai/CLIP and open_clip load it too, and the ``CLIPConfig`` as
@@ -28,117 +21,18 @@ moment leaves either the previous complete file or the new complete file,
 never half of one.
 """
 import json
-import math
 import os
 
 import numpy
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
 
+from minclip import hf
 from minclip.model import CLIP, CLIPConfig
 from minclip.model.clip import OPENAI_BOOKKEEPING_KEYS
+from minclip.safetensors_file import WeightsFileError, read_header, read_tensors, write_tensors  # noqa: F401
 from minclip.tokenizer import CLIPTokenizer
 
 OPTIMIZER_PREFIX = "optimizer.state."
-_ITEMSIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-              "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
-
-
-class WeightsFileError(ValueError):
-    """A weight file that is corrupt, truncated, or does not fit the model."""
-
-
-# ------------------------------------------------------------------ reading
-
-def read_header(path):
-    """The validated header of a safetensors file: ({key: entry}, metadata).
-
-    Each entry's dtype, shape and byte range are checked against each other
-    and against the file's size, so a truncated or corrupt file fails here,
-    naming the file and the first key that is wrong.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such weights file: {path}")
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        length = int.from_bytes(f.read(8), "little")
-        if size < 8 or length > size - 8:
-            raise WeightsFileError(f"{path}: not a safetensors file (a header of {length} bytes "
-                                   f"announced in a file of {size} bytes): corrupt or truncated")
-        try:
-            header = json.loads(f.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise WeightsFileError(f"{path}: not a safetensors file (its header is not JSON: {error})") from None
-    metadata = header.pop("__metadata__", None) or {}
-    for key, entry in header.items():
-        problem = _entry_problem(entry, data_size=size - 8 - length)
-        if problem:
-            raise WeightsFileError(f"{path}: corrupt or truncated at key {key!r}: {problem}")
-    return header, metadata
-
-
-def _entry_problem(entry, data_size):
-    """What is wrong with one header entry, or None."""
-    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in _ITEMSIZES or not isinstance(shape, list) or not isinstance(offsets, list) or len(offsets) != 2:
-        return f"a malformed entry {entry}"
-    begin, end = offsets
-    expected = math.prod(shape) * _ITEMSIZES[dtype]
-    if end - begin != expected:
-        return f"{dtype} {shape} needs {expected} bytes, the header gives it {end - begin}"
-    if end > data_size:
-        return f"its bytes end at {end} but the file holds only {data_size} bytes of data"
-    return None
-
-
-def read_tensors(path):
-    """Every array in a safetensors file, and its metadata: ({key: ndarray}, {str: str}).
-
-    Arrays keep their dtype, except half precision: float16 and bfloat16
-    (NumPy has no bfloat16) are widened to float32, exactly.
-    """
-    header, metadata = read_header(path)
-    tensors = {}
-    try:
-        with safe_open(path, framework="np") as f:
-            for key, entry in header.items():
-                array = _read_bfloat16(path, entry) if entry["dtype"] == "BF16" else f.get_tensor(key)
-                tensors[key] = array.astype(numpy.float32) if array.dtype == numpy.float16 else array
-    except SafetensorError as error:
-        raise WeightsFileError(f"{path}: corrupt safetensors file: {error}") from None
-    return tensors, metadata
-
-
-def _read_bfloat16(path, entry):
-    """bfloat16 is the top half of a float32: shift its 16 bits up and reinterpret."""
-    begin, end = entry["data_offsets"]
-    with open(path, "rb") as f:
-        data_start = 8 + int.from_bytes(f.read(8), "little")
-        f.seek(data_start + begin)
-        bits = numpy.frombuffer(f.read(end - begin), dtype="<u2")
-    return (bits.astype(numpy.uint32) << 16).view(numpy.float32).reshape(entry["shape"])
-
-
-# ------------------------------------------------------------------ writing
-
-def write_tensors(path, tensors, metadata=None):
-    """Write ``{key: ndarray}`` (and ``{str: str}`` metadata) to ``path``, atomically.
-
-    The bytes go to ``path.tmp<pid>`` first, are flushed and fsync'ed to the
-    disk, and only then renamed over ``path``. If anything fails on the way,
-    the temporary file is removed and ``path`` keeps its old content.
-    """
-    path = os.fspath(path)
-    temporary = f"{path}.tmp{os.getpid()}"
-    try:
-        save_file({k: numpy.asarray(v, order="C") for k, v in tensors.items()}, temporary, metadata=metadata)
-        with open(temporary, "r+b") as f:
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+RUN_CHECKPOINT = os.path.join("checkpoints", "latest.safetensors")   # inside a run folder
 
 
 # ------------------------------------------------------------- model files
@@ -160,7 +54,6 @@ def load(path):
     """A CLIP model from a weights file (minclip's ``save``, a checkpoint, open_clip's safetensors)
     or a directory (Hugging Face ``CLIPModel``, or a minclip run folder: see ``minclip.hf``)."""
     if os.path.isdir(path):
-        from minclip.hf import load_directory
         return load_directory(path)[0]
     tensors, metadata = read_tensors(path)
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
@@ -268,10 +161,24 @@ def _to_json(value, what):
                         f"(dicts, lists, str, int, float, bool, None): {error}") from None
 
 
+def load_directory(path):
+    """(model, tokenizer) from a Hugging Face ``CLIPModel`` directory or a minclip run folder (its latest checkpoint)."""
+    path = os.fspath(path)
+    if hf.is_hf_directory(path):
+        config, weights = hf.read_hf(path)
+        model = CLIP(config)
+        load_weights(model, weights, path)
+        tokenizer_file = os.path.join(path, hf.TOKENIZER_FILE)
+        return model, (CLIPTokenizer.load(tokenizer_file) if os.path.isfile(tokenizer_file) else CLIPTokenizer())
+    if os.path.isfile(os.path.join(path, RUN_CHECKPOINT)):
+        return load_checkpoint_model(os.path.join(path, RUN_CHECKPOINT))
+    raise WeightsFileError(f"{path} is neither a Hugging Face CLIPModel directory ({hf.CONFIG_FILE} + "
+                           f"{hf.WEIGHTS_FILE}) nor a minclip run folder ({RUN_CHECKPOINT})")
+
+
 def load_checkpoint_model(path):
     """(model, tokenizer) from a checkpoint, a model file or a directory, ready for evaluation."""
     if os.path.isdir(path):
-        from minclip.hf import load_directory
         return load_directory(path)
     model = load(path)
     return model, load_checkpoint_tokenizer(path, model.config)

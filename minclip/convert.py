@@ -23,8 +23,8 @@ import sys
 import warnings
 import zipfile
 
-from minclip.checkpoint import WeightsFileError, clip_from_weights, load, load_checkpoint_tokenizer, save
-from minclip.hf import load_directory, save_hf
+from minclip.checkpoint import WeightsFileError, clip_from_weights, load, load_checkpoint_tokenizer, load_directory, save
+from minclip.hf import save_hf
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"

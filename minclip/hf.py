@@ -29,12 +29,12 @@ import os
 
 import numpy
 
-from minclip.checkpoint import WeightsFileError, load_checkpoint_model, load_weights, read_tensors, write_tensors
+from minclip.model.config import CLIPConfig
+from minclip.safetensors_file import WeightsFileError, read_tensors, write_tensors
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "minclip_tokenizer.txt"
-RUN_CHECKPOINT = os.path.join("checkpoints", "latest.safetensors")
 
 # transformers' defaults, for keys that an older config.json leaves out (it saved only what differed)
 _TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
@@ -126,7 +126,6 @@ def openai_to_hf(state_dict, vision_layers, text_layers):
 
 def config_from_hf(hf_config, path):
     """The ``CLIPConfig`` that a Hugging Face ``config.json`` (as a dict) describes."""
-    from minclip.model import CLIPConfig
     text = {**_TEXT_DEFAULTS, **(hf_config.get("text_config") or {})}
     vision = {**_VISION_DEFAULTS, **(hf_config.get("vision_config") or {})}
     for name, tower in (("text", text), ("vision", vision)):
@@ -184,9 +183,8 @@ def is_hf_directory(path):
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_FILE))
 
 
-def load_hf(path):
-    """A minclip ``CLIP`` holding the weights of a Hugging Face ``CLIPModel`` directory."""
-    from minclip.model import CLIP
+def read_hf(path):
+    """(config, weights under OpenAI's names) of a Hugging Face ``CLIPModel`` directory."""
     path = os.fspath(path)
     weights_path = os.path.join(path, WEIGHTS_FILE)
     if not os.path.isfile(weights_path):
@@ -207,9 +205,7 @@ def load_hf(path):
         weights = hf_to_openai(tensors)
     except KeyError as error:
         raise WeightsFileError(f"{weights_path}: {error.args[0]}") from None
-    model = CLIP(config)
-    load_weights(model, weights, path)
-    return model
+    return config, weights
 
 
 def save_hf(model, directory, tokenizer=None):
@@ -240,20 +236,3 @@ def _write_text(path, text):
     with open(temporary, "w") as f:
         f.write(text)
     os.replace(temporary, path)
-
-
-# ------------------------------------------- any directory a --checkpoint names
-
-def load_directory(path):
-    """(model, tokenizer) from a Hugging Face directory or a minclip run folder (its latest checkpoint)."""
-    from minclip.tokenizer import CLIPTokenizer
-    path = os.fspath(path)
-    if is_hf_directory(path):
-        model = load_hf(path)
-        tokenizer_file = os.path.join(path, TOKENIZER_FILE)
-        tokenizer = CLIPTokenizer.load(tokenizer_file) if os.path.isfile(tokenizer_file) else CLIPTokenizer()
-        return model, tokenizer
-    if os.path.isfile(os.path.join(path, RUN_CHECKPOINT)):
-        return load_checkpoint_model(os.path.join(path, RUN_CHECKPOINT))
-    raise WeightsFileError(f"{path} is neither a Hugging Face CLIPModel directory ({CONFIG_FILE} + "
-                           f"{WEIGHTS_FILE}) nor a minclip run folder ({RUN_CHECKPOINT})")

@@ -20,6 +20,8 @@ from tqdm import tqdm
 
 from minclip import functional as F
 from minclip.backend import to_numpy, xp
+from minclip.checkpoint import load_checkpoint_model
+from minclip.cli import USER_ERRORS, add_backend_argument, fail, use_backend_or_exit
 from minclip.data import BadImageError, clip_transform, read_image
 from minclip.tensor import Tensor, no_grad
 from minclip.zeroshot import zero_shot_classifier
@@ -126,23 +128,20 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     parser.add_argument("--json", action="store_true",
                         help='print a JSON list of {"image": path, "probs": {label: p}}')
-    parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array backend")
+    add_backend_argument(parser)
     args = parser.parse_args(argv)
     if args.top_k is not None and args.top_k < 1:
         parser.error(f"--top-k must be at least 1, got {args.top_k}")
 
-    from minclip.train import use_backend_or_exit
     use_backend_or_exit(args.backend)
-    from minclip.checkpoint import load_checkpoint_model
     try:
         labels = read_labels(args.labels, args.labels_file)
         check_templates(args.template or [])
         model, tokenizer = load_checkpoint_model(args.checkpoint)
         predictions = predict(model, tokenizer, args.images, labels, args.template or [DEFAULT_TEMPLATE],
                               args.batch_size)
-    except (FileNotFoundError, ValueError, BadImageError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except USER_ERRORS as error:
+        return fail(error)
     if args.json:
         print(json.dumps([{"image": p["image"], "probs": dict(top(p["probs"], args.top_k))} for p in predictions]))
     else:

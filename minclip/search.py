@@ -24,10 +24,13 @@ import math
 import os
 import sys
 
+from PIL import Image, ImageDraw, ImageOps
+
 from minclip import functional as F
 from minclip.backend import to_numpy, xp
-from minclip.checkpoint import WeightsFileError, load_checkpoint_model, read_tensors, write_tensors
-from minclip.data import BadImageError, read_image
+from minclip.checkpoint import load_checkpoint_model, read_tensors, write_tensors
+from minclip.cli import USER_ERRORS, add_backend_argument, fail, use_backend_or_exit
+from minclip.data import read_image
 from minclip.predict import embed_image_files
 from minclip.tensor import Tensor, no_grad
 from minclip.tokenizer import tokenize
@@ -164,7 +167,6 @@ def query_index(index, text=None, image=None, k=8, checkpoint=None):
 
 def draw_grid(results, path, tile=160, columns=4):
     """A PNG of thumbnails, each captioned with its rank, score and file name."""
-    from PIL import Image, ImageDraw, ImageOps
     rows = math.ceil(len(results) / columns)
     caption = 30
     grid = Image.new("RGB", (min(columns, len(results)) * tile, rows * (tile + caption)), "white")
@@ -202,12 +204,11 @@ def main(argv=None):
     query.add_argument("--json", action="store_true", help='print a JSON list of {"path", "score"}')
     query.add_argument("--show", metavar="GRID_PNG", help="also draw the results as a thumbnail grid")
     for command in (index, query):
-        command.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array backend")
+        add_backend_argument(command)
     args = parser.parse_args(argv)
     if args.command == "query" and args.k < 1:
         parser.error(f"-k must be at least 1, got {args.k}")
 
-    from minclip.train import use_backend_or_exit
     use_backend_or_exit(args.backend)
     try:
         if args.command == "index":
@@ -218,9 +219,8 @@ def main(argv=None):
         results = query_index(args.index, args.text, args.image, args.k, args.checkpoint)
         if args.show:
             draw_grid(results, args.show)
-    except (FileNotFoundError, ValueError, BadImageError, WeightsFileError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except USER_ERRORS as error:
+        return fail(error)
     if args.json:
         print(json.dumps(results))
     else:

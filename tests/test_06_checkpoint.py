@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import minclip
+import minclip.safetensors_file
 from minclip import Tensor, backend, nn
 from minclip.checkpoint import WeightsFileError, load_checkpoint, read_tensors, save_checkpoint
 from minclip.optim import AdamW
@@ -136,7 +137,7 @@ def test_an_interrupted_write_keeps_the_last_checkpoint(tmp_path, monkeypatch):
             f.write(b"half a file")                       # the process dies here
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(minclip.checkpoint, "save_file", crash_halfway)
+    monkeypatch.setattr(minclip.safetensors_file, "save_file", crash_halfway)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, small_model(), meta={"step": 2})
     assert load_checkpoint(path) == {"step": 1}, "the previous checkpoint must survive a crash while saving"
