@@ -11,13 +11,13 @@ import random
 import numpy as np
 import pytest
 import regex
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
+from hypothesis import assume, given, settings, example
+from hypothesis import strategies as st, example
 
 from minclip.tokenizer import (BPETokenizer, CLIPTokenizer, bytes_to_unicode, count_pairs,
                                find_openai_vocab, merge, pad_or_truncate, tokenize, train_merges)
 from minclip.tokenizer.bpe import GPT2_SPLIT_PATTERN
-from minclip.tokenizer.clip import clean_text
+from minclip.tokenizer.clip import CLIP_SPLIT_PATTERN, clean_text
 from minclip.tokenizer.corpus import stdlib_texts
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
@@ -384,9 +384,14 @@ def test_clip_ids_and_decoding_match_open_clip_on_any_text(clip, open_clip_token
 @requires_vocab
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=60))
+@example("Í\x85")
 def test_clip_decode_gives_back_the_cleaned_text(clip, text):
+    # OpenAI's split pattern is case-insensitive, and a few marks that case-fold to a letter
+    # (U+0345, which ftfy makes of 'Í\x85') match none of its alternatives: OpenAI drops them,
+    # and so does minclip (the ids equal open_clip's). Everything the pattern keeps comes back.
+    kept = "".join(regex.findall(CLIP_SPLIT_PATTERN, clean_text(text)))
     decoded = clip.decode(clip.encode(text))
-    assert decoded.replace(" ", "") == clean_text(text).replace(" ", ""), (
+    assert decoded.replace(" ", "") == kept.replace(" ", ""), (
         "CLIP decodes every word end </w> as a space; apart from spaces, the cleaned text comes back")
 
 
