@@ -11,8 +11,8 @@ import random
 import numpy as np
 import pytest
 import regex
-from hypothesis import assume, given, settings, example
-from hypothesis import strategies as st, example
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
 
 from minclip.tokenizer import (BPETokenizer, CLIPTokenizer, bytes_to_unicode, count_pairs,
                                find_openai_vocab, merge, pad_or_truncate, tokenize, train_merges)
