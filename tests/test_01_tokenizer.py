@@ -5,6 +5,7 @@ with open_clip's tokenizer (the reference) skip cleanly when torch, ftfy,
 open_clip or OpenAI's vocabulary file is missing.
 """
 import importlib.util
+import itertools
 import os
 import random
 
@@ -38,10 +39,10 @@ def naive_bpe(words, counts, num_merges, first_id):
     words = [list(word) for word in words]
     merges = []
     for new_id in range(first_id, first_id + num_merges):
-        pair_counts = {}
-        for word, count in zip(words, counts):
-            for pair in zip(word, word[1:]):
-                pair_counts[pair] = pair_counts.get(pair, 0) + count
+        # counted another way than exercise 1.2: sort every (pair, count) occurrence, sum each run of equal pairs
+        occurrences = sorted((pair, count) for word, count in zip(words, counts) for pair in zip(word, word[1:]))
+        pair_counts = {pair: sum(count for _, count in run)
+                       for pair, run in itertools.groupby(occurrences, key=lambda occurrence: occurrence[0])}
         if not pair_counts:
             break
         best = max(pair_counts, key=lambda pair: (pair_counts[pair], -pair[0], -pair[1]))
