@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from minclip.tokenizer import (BPETokenizer, CLIPTokenizer, bytes_to_unicode, count_pairs,
                                find_openai_vocab, merge, pad_or_truncate, tokenize, train_merges)
-from minclip.tokenizer.bpe import GPT2_SPLIT_PATTERN
+from minclip.tokenizer.bpe import GPT2_SPLIT_PATTERN, train_merges_simple
 from minclip.tokenizer.clip import clean_text
 from minclip.tokenizer.corpus import stdlib_texts
 
@@ -165,6 +165,12 @@ def test_training_matches_naive_bpe_merge_for_merge(name):
                              f"rule (highest count, then smallest pair) and the incremental counts")
     assert len(tokenizer.merges) == len(expected), (
         f"expected {len(expected)} merges, got {len(tokenizer.merges)}: stop only when no pair is left")
+
+
+@pytest.mark.parametrize("name", CORPORA)
+def test_the_simple_training_loop_matches_naive_bpe(name):
+    words, counts = word_counts(CORPORA[name])
+    assert train_merges_simple(words, counts, 60, 256) == naive_bpe(words, counts, 60, 256)
 
 
 @pytest.mark.exercise("1.4")
