@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from minclip.exercises.export import project_files
+from minclip.exercises.export import INSTRUCTOR_ONLY, project_files
 from minclip.exercises.regions import PACKAGE, find_regions, read_source
 
 TOKEN = re.compile(r"\"[^\"]*\"|'[^']*'|[A-Za-z_]\w*(?:\s*\.\s*[A-Za-z_]\w*)*|\d+(?:\.\d*)?(?:e-?\d+)?|\*\*|//|==|!=|<=|>=|->|\S")
@@ -43,7 +43,8 @@ class Leak:
 def skeleton(line):
     """LINE's tokens with every (dotted) name replaced by N, comments dropped; a tuple."""
     words = TOKEN.findall(line.split("  #", 1)[0].split("# ", 1)[0])
-    return tuple("N" if (w[0].isalpha() or w[0] == "_") and not keyword.iskeyword(w) else w for w in words)
+    return tuple("N" if (w[0].isalpha() or w[0] == "_") and not keyword.iskeyword(w)
+                 else f"'{w[1:-1]}'" if w[0] in "'\"" else w for w in words)
 
 
 def _significant(lines):
@@ -59,11 +60,12 @@ def solution_lines(root, region):
 
 
 def shipped_texts(root):
-    """(where, lines) for each text a learner receives outside the package:
-    every notebook cell's source and outputs, every other text file."""
+    """(where, lines) for each text a learner receives outside the package
+    (the instructor's folder is not shipped): every notebook cell's source
+    and outputs, every other text file."""
     root = Path(root)
     for path in project_files(root):
-        if path.parts[0] == PACKAGE or path.suffix not in SHIPPED:
+        if path.parts[0] in (PACKAGE, INSTRUCTOR_ONLY) or path.suffix not in SHIPPED:
             continue
         if path.suffix == ".ipynb":
             cells = json.loads(read_source(root / path)).get("cells", [])
