@@ -20,13 +20,16 @@ def check(exercise_id, root=PROJECT, timeout=120.0):
         return False
     marker = f'exercise("{exercise_id}")'
     files = [str(path) for path in sorted((Path(root) / "tests").glob("test_*.py")) if marker in path.read_text()]
+    if not files:
+        print(f"exercise {exercise_id}: no test is marked with it (is the id right?)")
+        return False
     run = run_tests(root, select=exercise_id, paths=files, timeout=timeout)
     tests = list(run.tests.values())
     failed = [t for t in tests if t.outcome not in ("passed", "skipped")]
     blocked = [t for t in tests if t.outcome == "skipped" and t.message.startswith(NEEDS_ANOTHER)]
     passed = sum(t.outcome == "passed" for t in tests)
     if run.errors or not tests:
-        print(f"exercise {exercise_id}: could not run its tests: {(run.errors or ['no test is marked with it'])[0]}")
+        print(f"exercise {exercise_id}: could not run its tests: {(run.errors or ['none was collected'])[0]}")
     elif failed:
         print(f"exercise {exercise_id}: not yet ({passed}/{len(tests)} tests pass)\n  {failed[0].nodeid}: "
               f"{failed[0].message}")
