@@ -46,7 +46,7 @@ class LogSigmoid(Function):
 
         Hint: every exponent must be ≤ 0; ``xp.log1p`` keeps log(1 + tiny) exact.
         """
-        # BEGIN EXERCISE 5.4: the stable log-sigmoid
+        # BEGIN EXERCISE 5.3: the stable log-sigmoid
         xp = array_module(z)
         self.z = z
         return xp.minimum(z, 0) - xp.log1p(xp.exp(-xp.abs(z)))
@@ -141,7 +141,7 @@ def siglip_loss(image_features, text_features, logit_scale, logit_bias):
     ``2 * eye(N) - 1``; use ``log_sigmoid`` (stable) rather than
     ``sigmoid().log()``. ``_check_scalar("logit_bias", logit_bias)`` first.
     """
-    # BEGIN EXERCISE 5.3: the SigLIP loss
+    # BEGIN EXERCISE 5.4: the SigLIP loss
     _check_scalar("logit_bias", logit_bias)
     logits = similarity_logits(image_features, text_features, logit_scale) + logit_bias  # (N, N)
     n = logits.shape[0]

@@ -25,6 +25,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 _EXERCISE_ERROR = re.compile(r"Exercise (\d+\.\d+)")
+_BLOCKED = pytest.StashKey[set]()     # the exercises that tests of this run were skipped for
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -42,6 +43,26 @@ def pytest_runtest_makereport(item, call):
     if exercise not in own:
         report.outcome = "skipped"
         report.longrepr = (str(item.path), item.location[1] or 0, f"needs exercise {exercise} first: {error}")
+        item.config.stash.setdefault(_BLOCKED, set()).add(exercise)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, config):
+    """``--exercise 5.4`` whose tests waited for another exercise is not done: say so."""
+    for exercise in sorted(_blocked_by(config)):
+        terminalreporter.write_line(f"blocked: needs exercise {exercise} first", red=True, bold=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With ``--exercise``, tests skipped for a missing prerequisite make the run fail (exit status 1),
+    so "1 passed, 5 skipped" does not read as done."""
+    if _blocked_by(session.config) and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _blocked_by(config):
+    """The prerequisites that blocked tests of the exercises chosen with --exercise."""
+    return config.stash.get(_BLOCKED, set()) if config.getoption("--exercise") else set()
 
 
 def _unsolved_exercise(error):

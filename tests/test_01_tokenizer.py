@@ -5,6 +5,7 @@ with open_clip's tokenizer (the reference) skip cleanly when torch, ftfy,
 open_clip or OpenAI's vocabulary file is missing.
 """
 import importlib.util
+import itertools
 import os
 import random
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from minclip.tokenizer import (BPETokenizer, CLIPTokenizer, bytes_to_unicode, count_pairs,
                                find_openai_vocab, merge, pad_or_truncate, tokenize, train_merges)
-from minclip.tokenizer.bpe import GPT2_SPLIT_PATTERN
+from minclip.tokenizer.bpe import GPT2_SPLIT_PATTERN, train_merges_simple
 from minclip.tokenizer.clip import CLIP_SPLIT_PATTERN, clean_text
 from minclip.tokenizer.corpus import stdlib_texts
 
@@ -38,10 +39,10 @@ def naive_bpe(words, counts, num_merges, first_id):
     words = [list(word) for word in words]
     merges = []
     for new_id in range(first_id, first_id + num_merges):
-        pair_counts = {}
-        for word, count in zip(words, counts):
-            for pair in zip(word, word[1:]):
-                pair_counts[pair] = pair_counts.get(pair, 0) + count
+        # counted another way than exercise 1.2: sort every (pair, count) occurrence, sum each run of equal pairs
+        occurrences = sorted((pair, count) for word, count in zip(words, counts) for pair in zip(word, word[1:]))
+        pair_counts = {pair: sum(count for _, count in run)
+                       for pair, run in itertools.groupby(occurrences, key=lambda occurrence: occurrence[0])}
         if not pair_counts:
             break
         best = max(pair_counts, key=lambda pair: (pair_counts[pair], -pair[0], -pair[1]))
@@ -164,6 +165,12 @@ def test_training_matches_naive_bpe_merge_for_merge(name):
                              f"rule (highest count, then smallest pair) and the incremental counts")
     assert len(tokenizer.merges) == len(expected), (
         f"expected {len(expected)} merges, got {len(tokenizer.merges)}: stop only when no pair is left")
+
+
+@pytest.mark.parametrize("name", CORPORA)
+def test_the_simple_training_loop_matches_naive_bpe(name):
+    words, counts = word_counts(CORPORA[name])
+    assert train_merges_simple(words, counts, 60, 256) == naive_bpe(words, counts, 60, 256)
 
 
 @pytest.mark.exercise("1.4")

@@ -350,12 +350,20 @@ def test_topological_order_of_a_deep_chain_does_not_recurse():
 # The backward tests (exercise 2.3) use only ops without broadcasting, so
 # they do not need exercise 2.4 (unbroadcast) to pass.
 
+def leaf_grad(x):
+    """x.grad after a backward, with the usual reason when there is none."""
+    assert x.grad is not None, ("x.grad is still None after backward(): did you walk the order in reverse "
+                                "(reversed(_topological_order(self)))? Walked forwards, the leaves come first, "
+                                "before any gradient has reached them")
+    return x.grad
+
+
 @pytest.mark.exercise("2.3")
 def test_backward_applies_the_chain_rule():
     x = Tensor(np.array([0.5, -1.0, 2.0]), requires_grad=True)
     (x ** 2).tanh().sum().backward()
     expected = (1 - np.tanh(x.numpy() ** 2) ** 2) * 2 * x.numpy()
-    assert_allclose(x.grad, expected, rtol=1e-12,
+    assert_allclose(leaf_grad(x), expected, rtol=1e-12,
                                err_msg="d tanh(x²)/dx = (1 - tanh²(x²)) · 2x")
 
 
@@ -363,7 +371,7 @@ def test_backward_applies_the_chain_rule():
 def test_a_tensor_used_twice_receives_the_sum_of_both_gradients():
     x = Tensor(np.array([0.5, -1.0]), requires_grad=True)
     F.stack([x.exp(), x ** 2]).sum().backward()
-    assert_allclose(x.grad, np.exp(x.numpy()) + 2 * x.numpy(), rtol=1e-12, err_msg=(
+    assert_allclose(leaf_grad(x), np.exp(x.numpy()) + 2 * x.numpy(), rtol=1e-12, err_msg=(
         "x feeds two branches; its gradient is exp(x) + 2x. Did the second one overwrite the first?"))
 
 
@@ -372,7 +380,7 @@ def test_gradients_accumulate_across_backward_calls():
     x = Tensor(np.array([1.0, 3.0]), requires_grad=True)
     for _ in range(2):
         (x ** 2).sum().backward()
-    assert_allclose(x.grad, 2 * (2 * x.data), err_msg=(
+    assert_allclose(leaf_grad(x), 2 * (2 * x.data), err_msg=(
         "two backward calls should add up (2·2x), as in PyTorch: that is what zero_grad is for"))
     x.zero_grad()
     assert x.grad is None
@@ -384,7 +392,7 @@ def test_backward_runs_through_a_chain_of_10000_ops():
     for _ in range(10_000):
         y = -y
     y.sum().backward()
-    assert x.grad.tolist() == [1.0], f"an even number of negations has gradient 1, got {x.grad}"
+    assert leaf_grad(x).tolist() == [1.0], f"an even number of negations has gradient 1, got {x.grad}"
 
 
 @pytest.mark.exercise("2.3")
@@ -404,7 +412,7 @@ def test_retain_graph_allows_a_second_backward():
     loss = (x ** 3).sum()
     loss.backward(retain_graph=True)
     loss.backward()
-    assert_allclose(x.grad, 2 * 3 * x.data ** 2, err_msg="two passes over a kept graph: 2 · 3x²")
+    assert_allclose(leaf_grad(x), 2 * 3 * x.data ** 2, err_msg="two passes over a kept graph: 2 · 3x²")
 
 
 @pytest.mark.exercise("2.3")

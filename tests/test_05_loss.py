@@ -106,9 +106,9 @@ def test_clip_loss_matches_open_clip(torch, rng, dtype, tol):
                          ["image_features", "text_features", "logit_scale"])
 
 
-# ------------------------------------------------------- 5.3 SigLIP loss
+# ------------------------------------------------------- 5.4 SigLIP loss
 
-@pytest.mark.exercise("5.3")
+@pytest.mark.exercise("5.4")
 def test_siglip_loss_by_hand():
     # z = logits + bias with logits = [[0.6, 0.0], [0.8, 1.0]]; labels +1 on the diagonal, -1 off it.
     scale, bias = 1.0, -0.5
@@ -121,7 +121,7 @@ def test_siglip_loss_by_hand():
         "(summed over all N² pairs, divided by N, not by N²)")
 
 
-@pytest.mark.exercise("5.3")
+@pytest.mark.exercise("5.4")
 def test_siglip_loss_at_its_initialization(rng):
     # log t = ln 10 and b = -10: every z is about -10, so each positive pair costs
     # -log σ(-10) ≈ 10 and each negative costs -log σ(10) ≈ 4.5e-5.
@@ -131,19 +131,19 @@ def test_siglip_loss_at_its_initialization(rng):
     assert loss == pytest.approx(10.0, abs=0.5), f"expected about 10 (the N positives at z ≈ -10), got {loss:.3f}"
 
 
-@pytest.mark.exercise("5.3")
+@pytest.mark.exercise("5.4")
 def test_siglip_loss_gradcheck(rng):
     images, texts = unit_rows(rng, 5, 3), unit_rows(rng, 5, 3)
     assert gradcheck(siglip_loss, images, texts, np.array(3.0), np.array(-1.5))
 
 
-@pytest.mark.exercise("5.3")
+@pytest.mark.exercise("5.4")
 def test_siglip_loss_rejects_a_non_scalar_bias():
     with pytest.raises(ValueError, match="logit_bias"):
         siglip_loss(Tensor(IMAGES), Tensor(TEXTS), Tensor(1.0), Tensor([0.0, 0.0]))
 
 
-@pytest.mark.exercise("5.3")
+@pytest.mark.exercise("5.4")
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-5)])
 def test_siglip_loss_matches_open_clip(torch, rng, dtype, tol):
     images, texts = unit_rows(rng, 8, 16, dtype), unit_rows(rng, 8, 16, dtype)
@@ -177,7 +177,7 @@ def assert_matches_torch(torch, loss_fn, reference, arrays, tol, names):
 
 # ------------------------------------------------------ the log-sigmoid
 
-@pytest.mark.exercise("5.4")
+@pytest.mark.exercise("5.3")
 def test_log_sigmoid_never_overflows():
     z = np.array([-1000.0, -30.0, 0.0, 30.0, 1000.0], dtype="float32")
     x = Tensor(z, requires_grad=True)
@@ -191,6 +191,6 @@ def test_log_sigmoid_never_overflows():
     assert y.dtype == np.float32, f"float32 in, float32 out; got {y.dtype}"
 
 
-@pytest.mark.exercise("5.4")
+@pytest.mark.exercise("5.3")
 def test_log_sigmoid_gradcheck(rng):
     assert gradcheck(log_sigmoid, rng.standard_normal(7) * 5)

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from minclip.exercises import (MarkerError, Problem, export, find_regions, grade, project_files, restore,
+from minclip.exercises import (MarkerError, Problem, check, export, find_regions, grade, project_files, restore,
                                run_tests, verify)
+from minclip.exercises.hints import load_hints
+from minclip.exercises.leaks import find_leaks
 from minclip.exercises.__main__ import main
 from minclip.exercises.verify import report
-from minclip.exercises.regions import is_blank, notebook_for, placeholder, read_source, student_source
+from minclip.exercises.regions import (is_blank, notebook_for, notebook_sections, placeholder, read_source,
+                                       section_title, student_source)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -295,6 +298,71 @@ def test_cli_reports_marker_errors_without_a_traceback(tmp_path, capsys):
     assert "error: exercise markers:\n  minclip/bad.py:2: END EXERCISE without a BEGIN" in capsys.readouterr().err
 
 
+# ===================================================== what else ships, and the learner's tools
+
+def notebook(*cells):
+    """A notebook's JSON text with CELLS, each (cell_type, source, output text)."""
+    return json.dumps({"cells": [{"cell_type": kind, "source": source, "metadata": {},
+                                  **({"outputs": [{"output_type": "stream", "name": "stdout", "text": out}],
+                                      "execution_count": 1} if kind == "code" else {})}
+                                 for kind, source, out in cells], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+
+
+SHOUT = '''\
+def shout(words):
+    """Upper-case words joined by spaces."""
+    # BEGIN EXERCISE 1.3: shouting
+    loud = [word.upper() + "!" for word in words if word]
+    return " ".join(loud).strip()
+    # END EXERCISE
+'''
+
+
+def test_leaks_find_a_solution_repeated_in_a_notebook_output_or_a_test_even_renamed(reference):
+    write(reference, {"minclip/shout.py": SHOUT})
+    assert find_leaks(reference) == []
+    renamed = "yell = [w.upper() + '!' for w in ws if w]\nreturn ' '.join(yell).strip()"
+    write(reference, {"notebooks/01_basics.ipynb": notebook(("code", "print(1)", renamed), ("markdown", "# doubling", "")),
+                      "tests/test_01_oracle.py": "def oracle(ws):\n    " + renamed.replace("\n", "\n    ") + "\n"})
+    assert sorted((leak.exercise, leak.where) for leak in find_leaks(reference)) == [
+        ("1.3", "notebooks/01_basics.ipynb cell 0 (saved output)"), ("1.3", "tests/test_01_oracle.py")]
+
+
+def test_export_writes_start_here_and_leaves_the_instructor_notes_out(reference, tmp_path):
+    write(reference, {"minclip/exercises/START_HERE.md": "# Start here\n", "instructor/answers.md": "42\n"})
+    export(reference, tmp_path / "s")
+    assert (tmp_path / "s" / "START_HERE.md").read_text() == "# Start here\n"
+    assert "START_HERE.md" in (tmp_path / "s" / "README.md").read_text()
+    assert not (tmp_path / "s" / "instructor").exists()
+
+
+def test_cli_hint_and_list_show_both_hint_levels_difficulty_and_time(reference, capsys):
+    write(reference, {"minclip/exercises/hints.json": json.dumps(
+        {"1.1": {"difficulty": 2, "minutes": 15, "hint": "multiply", "more": "by two, with *"}})})
+    assert main(["hint", "1.1", "--root", str(reference)]) == 0
+    assert capsys.readouterr().out == ("Exercise 1.1: doubling (★★☆ ~15 min)\n\nHint: multiply\n\n"
+                                       "If that is not enough: by two, with *\n")
+    assert main(["list", "--root", str(reference)]) == 0
+    assert "1.1    doubling  (minclip/ops.py:6)  ★★☆ ~15 min" in capsys.readouterr().out
+    assert main(["hint", "1.2", "--root", str(reference)]) == 2
+    assert "no hints for exercise 1.2" in capsys.readouterr().err
+
+
+def test_check_prints_one_verdict_line(reference, student, capsys):
+    assert check("1.1", root=reference) is True
+    assert capsys.readouterr().out == "exercise 1.1: done (1/1 tests pass)\n"
+    assert check("1.1", root=student) is False
+    assert capsys.readouterr().out.startswith("exercise 1.1: not yet (0/1 tests pass)\n"
+                                              "  tests/test_01_ops.py::test_double: ")
+
+
+def test_status_suggests_an_exercise_whose_prerequisites_are_done(student, capsys):
+    write(student, {"tests/test_01_ops.py": TESTS.replace("assert double(3) == 6",
+                                                          "pytest.skip('needs exercise 1.2 first')")})
+    assert main(["status", "--root", str(student)]) == 0
+    assert "Next: exercise 1.2, squaring" in capsys.readouterr().out
+
+
 # ================================================================ this repository
 
 @pytest.fixture(scope="module")
@@ -313,6 +381,31 @@ def test_this_repository_markers_match_its_tests(repo_tests):
     assert not untested and not unknown, (
         f"regions that no test is marked with: {untested or 'none'}\n"
         f"test markers whose exercise has no region: {unknown or 'none'}")
+
+
+def test_this_repository_has_a_section_and_a_check_cell_for_every_exercise():
+    problems = []
+    for region in find_regions(REPO):
+        path = REPO / notebook_for(REPO, region.chapter)
+        if section_title(region.title) not in notebook_sections(path):
+            problems.append(f"{region.id}: its message sends the learner to section {region.title!r}, "
+                            f"which is not a heading of {path.name}")
+        code = ["".join(cell["source"]) for cell in json.loads(read_source(path))["cells"] if cell["cell_type"] == "code"]
+        if f'check("{region.id}")' not in code:
+            problems.append(f'{region.id}: no check("{region.id}") cell in {path.name}')
+    assert not problems, "\n".join(problems)
+
+
+def test_this_repository_ships_no_solution_outside_its_regions():
+    leaks = find_leaks(REPO)
+    assert not leaks, "\n".join(map(str, leaks))
+
+
+def test_this_repository_has_hints_difficulty_and_time_for_every_exercise():
+    hints = load_hints(REPO)
+    missing = [region.id for region in find_regions(REPO) if region.id not in hints]
+    assert not missing, f"exercises without an entry in minclip/exercises/hints.json: {missing}"
+    assert all(1 <= h["difficulty"] <= 3 and h["minutes"] > 0 and h["hint"] and h["more"] for h in hints.values())
 
 
 @pytest.fixture

@@ -5,7 +5,9 @@ folder, exactly as a learner would run it; the committed file is not touched.
 A cell that raises fails the test with the cell's source and the error; in the
 student edition, a cell that stops at an unsolved exercise raises that
 exercise's NotImplementedError again here, so the test waits for it
-("needs exercise 1.1 first") instead of failing.
+("needs exercise 1.1 first") instead of failing; but a notebook that stops
+at an exercise of a *later* chapter fails: chapter k must run with chapters
+1..k done.
 """
 import pathlib
 
@@ -33,6 +35,9 @@ def test_notebook_runs_top_to_bottom(path, monkeypatch):
         client.execute()
     except nbclient.exceptions.CellExecutionError as error:
         if error.ename == "NotImplementedError" and error.evalue.startswith("Exercise "):
+            chapter = int(error.evalue.removeprefix("Exercise ").split(".")[0])
+            if chapter > int(path.name[:2]):
+                pytest.fail(f"{path.name} stopped at an exercise of a later chapter: {error.evalue}", pytrace=False)
             raise NotImplementedError(f"{error.evalue} (reached by {path.name})") from None
         pytest.fail(f"{path.name} stopped at a cell:\n{error}", pytrace=False)
     assert any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), \

@@ -10,7 +10,9 @@ For a learner (in the student edition, from its root folder):
     status                    run the exercise tests quietly; per chapter, exercises
                               done / total and the next one to do
     list                      every exercise: id, title, file:line
-    (and to check one: ``python -m pytest --exercise 2.3``)
+    hint 2.3                  the second, more concrete hint of one exercise
+    (and to check one: ``python -m pytest --exercise 2.3``, or in a notebook
+    ``minclip.exercises.check("2.3")``)
 
 For an instructor (in the reference checkout):
     export DIR                write the student edition: a full copy in which every
@@ -20,6 +22,7 @@ For an instructor (in the reference checkout):
     verify                    export to a scratch folder and check that each exercise's tests
                               fail there with its own message and pass once it is restored
 """
+from minclip.exercises.check import check
 from minclip.exercises.export import export, project_files, restore
 from minclip.exercises.grading import ExerciseResult, Grade, grade
 from minclip.exercises.regions import MarkerError, Region, find_regions

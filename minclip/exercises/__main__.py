@@ -7,16 +7,27 @@ import tempfile
 from minclip.exercises import __doc__ as OVERVIEW
 from minclip.exercises.export import export, restore
 from minclip.exercises.grading import grade, grade_table, progress_table
+from minclip.exercises.hints import effort, hint_text, load_hints
 from minclip.exercises.regions import MarkerError, find_regions
 from minclip.exercises.verify import report, verify
 
 
 def list_exercises(args):
-    """Print every exercise: id, title and where it is (file:line)."""
+    """Print every exercise: id, title, where it is (file:line), difficulty and time."""
     regions = find_regions(args.root)
+    hints = load_hints(args.root)
     for region in regions:
-        print(f"{region.id:<6} {region.title}  ({region.where})")
+        known = f"  {effort(hints[region.id])}" if region.id in hints else ""
+        print(f"{region.id:<6} {region.title}  ({region.where}){known}")
     print(f"{len(regions)} exercises")
+
+
+def show_hint(args):
+    """Print the hints of exercise ID: a nudge, then a second, more concrete level."""
+    titles = {region.id: region.title for region in find_regions(args.root)}
+    if args.id not in titles:
+        raise ValueError(f"no exercise {args.id} (there are {', '.join(titles) or 'none'})")
+    print(hint_text(args.root, args.id, titles[args.id]))
 
 
 def export_student_edition(args):
@@ -77,6 +88,8 @@ def parser():
         return sub
 
     command("list", list_exercises)
+    sub = command("hint", show_hint)
+    sub.add_argument("id", metavar="ID", help="the exercise, e.g. 2.3")
     sub = command("export", export_student_edition)
     sub.add_argument("dir", help="where to write the student edition")
     sub.add_argument("--force", action="store_true", help="write into a non-empty folder")

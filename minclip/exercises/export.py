@@ -9,6 +9,13 @@ from pathlib import Path
 from minclip.exercises.regions import (MarkerError, find_regions, is_blank, notebook_for, read_source,
                                        restore_source, student_source, write_source)
 
+# Left out of the student edition: the instructor's notes (answers to the chapters' questions).
+INSTRUCTOR_ONLY = "instructor"
+# The learner's README, written into the student edition in place of the project's README.md.
+START_HERE = Path("minclip") / "exercises" / "START_HERE.md"
+STUDENT_README = ("# minclip, student edition\n\nThis is the course's student edition: every exercise is blanked out. "
+                  "Open START_HERE.md.\n")
+
 # Never copied by the fallback walk, used only where git is not installed.
 SKIPPED_FOLDERS = {".git", "__pycache__", ".pytest_cache", ".hypothesis", ".ipynb_checkpoints", ".venv", "venv",
                    "logs", "build", "dist", "cache", ".cache"}
@@ -51,6 +58,9 @@ def export(root, dest, force=False):
     solution becomes one ``raise NotImplementedError("Exercise 2.3: <title>.
     See notebooks/02_....ipynb, section '<title>'")`` line between the kept
     BEGIN/END comments. DEST must be empty or absent unless ``force``.
+    The instructor's folder stays behind, and when the project has a
+    START_HERE template, it becomes the edition's START_HERE.md and its
+    README.md a pointer to it (the project's README is the instructor's).
     """
     root, dest = Path(root).resolve(), Path(dest).resolve()
     if dest.exists() and any(dest.iterdir()) and not force:
@@ -70,11 +80,16 @@ def export(root, dest, force=False):
                                f"is not valid Python: {error.msg}"]) from None
         blanked[path] = text
     for path in project_files(root, exclude=dest):
+        if path.parts[0] == INSTRUCTOR_ONLY:
+            continue
         target = dest / path
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / path, target)
         if path in blanked:
             write_source(target, blanked[path])
+    if (root / START_HERE).is_file():
+        shutil.copyfile(root / START_HERE, dest / "START_HERE.md")
+        write_source(dest / "README.md", STUDENT_README)
     return regions
 
 

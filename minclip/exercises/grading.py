@@ -28,6 +28,11 @@ class ExerciseResult:
     message: str      # the first line of the first failure ("" when it passes)
     tests: dict       # nodeid -> outcome
 
+    @property
+    def blocked(self):
+        """Not done, and nothing of its own failed: its tests wait for another exercise first."""
+        return self.status == "fail" and self.failed == 0
+
 
 @dataclass
 class Grade:
@@ -87,17 +92,18 @@ def _result(exercise_id, title, tests, errors):
 
 
 def progress_table(grade, root="."):
-    """The learner's view: per chapter, exercises done / total and the next one to do."""
+    """The learner's view: per chapter, exercises done / total and the next one to do
+    (the first whose tests do not wait for another exercise)."""
     chapters = {}
     for result in grade.exercises.values():
         chapters.setdefault(exercise_key(result.id)[0], []).append(result)
     lines = [f"{'chapter':>7}  {'done':>5}  next exercise"]
     for chapter, results in chapters.items():
-        todo = [r for r in results if r.status != "pass"]
+        todo = _ready_first([r for r in results if r.status != "pass"])
         done = f"{len(results) - len(todo)}/{len(results)}"
         lines.append(f"{chapter:>7}  {done:>5}  " + (f"{todo[0].id}  {todo[0].title}" if todo else "all done"))
     lines.append(f"{'all':>7}  {f'{grade.score}/{len(grade.exercises)}':>5}")
-    todo = next((r for r in grade.exercises.values() if r.status != "pass"), None)
+    todo = next(iter(_ready_first([r for r in grade.exercises.values() if r.status != "pass"])), None)
     if todo:
         notebook = notebook_for(root, exercise_key(todo.id)[0]) or "notebooks/"
         lines += ["", f"Next: exercise {todo.id}, {todo.title} ({notebook})",
@@ -105,6 +111,11 @@ def progress_table(grade, root="."):
                   f"  check it with: python -m pytest --exercise {todo.id}"]
     lines += [f"error: {error}" for error in grade.errors]
     return "\n".join(lines)
+
+
+def _ready_first(todo):
+    """TODO with the exercises whose prerequisites are done first (course order otherwise)."""
+    return sorted(todo, key=lambda result: result.blocked)
 
 
 def grade_table(grade):

@@ -15,6 +15,7 @@ sees where to write, and an instructor can restore the solution by the same
 markers.
 """
 import io
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,23 @@ def notebook_for(root, chapter):
     """The chapter's notebook as a path relative to ROOT (notebooks/NN_*.ipynb), or None."""
     found = sorted((Path(root) / "notebooks").glob(f"{chapter:02d}_*.ipynb"))
     return found[0].relative_to(root).as_posix() if found else None
+
+
+HEADING = re.compile(r"^#{1,6}\s+(?:\d+\.\s+)?(.*?)(?:\s+\(exercise \d+\.\d+\))?\s*$")
+
+
+def section_title(text):
+    """A title as the course compares them: the first letter's case does not count."""
+    return text[:1].lower() + text[1:]
+
+
+def notebook_sections(path):
+    """The section titles of a notebook's Markdown headings, without their number
+    ("## 3. ") or exercise tag (" (exercise 2.3)"), as ``section_title`` writes them."""
+    cells = json.loads(read_source(path)).get("cells", [])
+    lines = [line for cell in cells if cell.get("cell_type") == "markdown"
+             for line in "".join(cell.get("source", "")).splitlines()]
+    return {section_title(match[1]) for match in map(HEADING.match, lines) if match}
 
 
 def placeholder(region, notebook):

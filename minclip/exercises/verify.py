@@ -1,6 +1,8 @@
 """Check a student edition against its reference: the course's contract.
 
-In the student edition every exercise test fails with its own exercise's
+No solution ships by another road (a notebook cell or saved output that
+repeats it, a test oracle written the same way: see leaks.py). In the
+student edition every exercise test fails with its own exercise's
 NotImplementedError (not some unrelated error), every other test passes, and
 putting one exercise's solution back makes that exercise's tests pass. This
 runs the whole suite once, then each exercise's tests once: minutes, not
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from minclip.exercises.export import restore
 from minclip.exercises.grading import NEEDS_ANOTHER
+from minclip.exercises.leaks import find_leaks
 from minclip.exercises.regions import exercise_key, find_regions, read_source, write_source
 from minclip.exercises.runner import run_tests
 
@@ -36,8 +39,10 @@ def verify(student, reference, timeout=60.0):
     (an empty list: all is well). REFERENCE is the project it was exported from."""
     student = Path(student)
     regions = {region.id: region for region in find_regions(student)}
+    problems = [Problem(leak.exercise, leak.where, f"its solution ships in the student edition: {leak.line.strip()!r}")
+                for leak in find_leaks(reference, student)]
     run = run_tests(student, timeout=timeout)
-    problems = [Problem("", "collection", error) for error in run.errors]
+    problems += [Problem("", "collection", error) for error in run.errors]
     tested = {i for ids in run.collected.values() for i in ids}
     problems += [Problem(i, regions[i].where, "no test is marked with this exercise") for i in regions.keys() - tested]
     problems += [Problem(i, "tests", "tests are marked with this id, but no region has it") for i in tested - regions.keys()]

@@ -106,11 +106,35 @@ def merge(ids, pair, new_id):
     # END EXERCISE
 
 
+def train_merges_simple(words, counts, num_merges, first_id, min_frequency=1):
+    """Learn up to ``num_merges`` merges: the plain BPE loop, to read first.
+
+    Each round counts every adjacent pair of every word (``count_pairs``),
+    takes the most frequent one, merges it everywhere (``merge``) and starts
+    again. That is the whole algorithm; ``train_merges`` is the same loop
+    made fast, with identical results. Arguments, tie rule and result are
+    those of ``train_merges``. O(corpus) per merge: fine for a few hundred
+    merges of a small corpus, slow for a real vocabulary.
+    """
+    words = [list(word) for word in words]
+    merges = []
+    for new_id in range(first_id, first_id + num_merges):
+        pair_counts = count_pairs(words, counts)                  # a full recount, every round
+        if not pair_counts:
+            break
+        best = max(pair_counts, key=lambda pair: (pair_counts[pair], -pair[0], -pair[1]))
+        if pair_counts[best] < min_frequency:
+            break
+        merges.append(best)
+        words = [merge(word, best, new_id) for word in words]
+    return merges
+
+
 def train_merges(words, counts, num_merges, first_id, min_frequency=1):
     """Learn up to ``num_merges`` merges from words given as lists of ids.
 
-    The plain algorithm recounts every pair of every word after each merge:
-    O(corpus) per merge. This one counts once, then keeps the counts up to
+    ``train_merges_simple`` recounts every pair of every word after each
+    merge: O(corpus) per merge. This one counts once, then keeps the counts up to
     date: a merge of ``(a, b)`` only changes the words that contain it, so
 
     * ``where[pair]`` remembers which words contain each pair;
