@@ -412,7 +412,7 @@ def together(fn, errors, comm):
     A rank that fails alone would leave the others waiting forever in their
     next collective. Instead every rank reports how ``fn`` went, and if any
     failed, all raise ``RankFailed`` with the first failing rank's message
-    (prefixed with that rank when there are several), so the job ends as one.
+    (prefixed with that rank unless all ranks failed alike), so the job ends as one.
     """
     try:
         result, failure = fn(), None
@@ -421,7 +421,8 @@ def together(fn, errors, comm):
     failures = comm.allgather_objects(failure)
     for rank, message in enumerate(failures):
         if message is not None:
-            raise RankFailed(message if comm.size == 1 else f"rank {rank}: {message}", rank)
+            alone = comm.size > 1 and failures.count(message) < comm.size
+            raise RankFailed(f"rank {rank}: {message}" if alone else message, rank)
     return result
 
 
