@@ -327,3 +327,16 @@ def test_threads_per_rank_share_the_cores_only_under_mpi():
     assert threads_per_rank({"OMPI_COMM_WORLD_LOCAL_SIZE": str(4 * cores)}) == 1
     assert threads_per_rank({"PMI_SIZE": "2", "OMP_NUM_THREADS": "3"}) is None, "the user's choice stays"
     assert threads_per_rank({}) is None and threads_per_rank({"PMI_SIZE": "1"}) is None, "no MPI: left alone"
+
+
+def test_resume_on_the_same_world_size_continues_bit_for_bit(tmp_path):
+    flags = ["--train-num-samples", "64", "--no-eval", "--batch-size", "8"]
+    straight = _cli(*[[*flags, "--max-steps", "3", "--logs", str(tmp_path / "straight")]] * 2)
+    first = _cli(*[[*flags, "--max-steps", "2", "--logs", str(tmp_path / "resumed")]] * 2)
+    resumed = _cli(*[[*flags, "--max-steps", "3", "--logs", str(tmp_path / "resumed"), "--resume", "latest"]] * 2)
+    for done in (straight, first, resumed):
+        assert done.returncode == 0, done.stderr
+    run_straight, run_resumed = (tmp_path / d / "tiny-vit-clip-seed0" for d in ("straight", "resumed"))
+    assert _losses(run_resumed) == _losses(run_straight)
+    assert (run_resumed / "model.safetensors").read_bytes() == (run_straight / "model.safetensors").read_bytes(), \
+        "2 ranks resumed at step 2 must end with the weights of 2 ranks that never stopped"
