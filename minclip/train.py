@@ -251,11 +251,9 @@ def train_step(model, optimizer, images, ids, loss_name="clip", clip_norm=1.0, c
     optimizer.step()
     scale = model.logit_scale.data                          # keep 1/temperature <= 100
     scale[...] = xp.minimum(scale, LOGIT_SCALE_MAX)
+    loss_value, scale_value = backend.to_numpy(xp.stack([loss.data.reshape(()), scale.reshape(())]))  # one copy
+    return (float(loss_value), float(scale_value)) if with_scale else float(loss_value)
     # END EXERCISE
-    if not with_scale:
-        return float(loss.item())
-    loss_value, scale_value = backend.to_numpy(xp.stack([loss.data.reshape(()), scale.reshape(())]))
-    return float(loss_value), float(scale_value)
 
 
 class NonFiniteLoss(RuntimeError):
