@@ -37,7 +37,7 @@ import sys
 import numpy as np
 import pytest
 
-from minclip import train
+from minclip import backend, train
 from minclip.backend import to_numpy
 from minclip.distributed import (AllGather, SingleProcess, all_gather, allreduce_gradients, local_clip_loss,
                                  local_siglip_loss, run_threads, world)
@@ -102,9 +102,9 @@ def test_allgather_backward_is_the_adjoint_of_its_forward():
     def rank(comm):
         x = Tensor(xs[comm.rank], requires_grad=True)
         gathered = all_gather(x, comm)                                      # (3·B, D)
-        np.testing.assert_array_equal(gathered.data, np.concatenate(xs))
+        np.testing.assert_array_equal(to_numpy(gathered.data), np.concatenate(xs))
         (gathered * Tensor(ys[comm.rank])).sum().backward()
-        return x.grad
+        return to_numpy(x.grad)
 
     grads = run_threads(size, rank)
     for r in range(size):
@@ -144,13 +144,13 @@ def _local_and_global(loss):
         local = (local_clip_loss if loss == "clip" else local_siglip_loss)(*params, comm)
         local.backward()
         allreduce_gradients([p for p in params if p.ndim == 0], comm)   # shared parameters: averaged
-        return local.item(), [p.grad for p in params]
+        return local.item(), [to_numpy(p.grad) for p in params]
 
     results = run_threads(3, rank)
     # feature rows: rank r's gradient is d(Σ_s L_s)/dx_r = 3 · dL/dx_r
     grads = [np.concatenate([g[k] for _, g in results]) / 3 if a.ndim else results[0][1][k]
              for k, a in enumerate(arrays)]
-    return (np.mean([value for value, _ in results]), grads), (expected.item(), [t.grad for t in ref])
+    return (np.mean([value for value, _ in results]), grads), (expected.item(), [to_numpy(t.grad) for t in ref])
 
 
 @pytest.mark.parametrize("loss", ["clip", "siglip"])
@@ -181,11 +181,11 @@ def test_synced_batch_norm_is_batch_norm_of_the_whole_batch():
     upstream = rng.standard_normal(x.shape)
 
     def run(x_part, up_part, comm=None):
-        stats = [np.zeros(4), np.ones(4)]
+        stats = [backend.asarray(np.zeros(4)), backend.asarray(np.ones(4))]          # updated in place
         xt, wt, bt = (Tensor(a, requires_grad=True) for a in (x_part, weight, bias))
         out = batch_norm(xt, *stats, wt, bt, training=True, comm=comm)
         (out * Tensor(up_part)).sum().backward()
-        return out.data, xt.grad, wt.grad, bt.grad, stats
+        return tuple(to_numpy(a) for a in (out.data, xt.grad, wt.grad, bt.grad)) + ([to_numpy(a) for a in stats],)
 
     out, gx, gw, gb, stats = run(x, upstream)
     parts = run_threads(2, lambda comm: run(x[3 * comm.rank:3 * comm.rank + 3],
@@ -256,7 +256,8 @@ def _float32_rounding(flags, steps, logs):
         for images, captions in itertools.islice(run.loader.epoch_batches(0), steps):
             run.schedule.step(run.step)
             ids = tokenize(captions, run.config.context_length, tokenizer=run.tokenizer)
-            train.train_step(run.model, run.optimizer, images, ids, clip_norm=run.args.grad_clip_norm)
+            train.train_step(run.model, run.optimizer, backend.asarray(images), backend.asarray(ids),
+                             clip_norm=run.args.grad_clip_norm)
             run.step += 1
         weights[dtype] = {k: to_numpy(v) for k, v in run.model.state_dict().items()}
     return mpi_step._worst([(weights["float32"][k], v) for k, v in weights["float64"].items()])
