@@ -321,6 +321,20 @@ def test_resume_on_another_world_size_is_one_clear_line(tmp_path):
     assert len(ours) == 1 and "trained on 1 process(es), this run has 2" in ours[0], done.stderr
 
 
+def test_the_ranks_blocks_of_each_global_batch_are_one_process_batch():
+    from minclip.data import DataLoader, shapes
+    data = shapes.load_split("train", image_size=16, n=40)
+    whole = DataLoader(data, 12, seed=3, prefetch=False)
+    ranks = [DataLoader(data, 12, seed=3, prefetch=False, rank=r, world_size=3) for r in range(3)]
+    assert [len(loader) for loader in ranks] == [len(whole)] * 3 == [3] * 3, "drop_last: the same steps everywhere"
+    for step, (images, captions) in enumerate(whole.epoch_batches(1)):
+        blocks = [list(loader.epoch_batches(1))[step] for loader in ranks]
+        np.testing.assert_array_equal(np.concatenate([b[0] for b in blocks]), images)
+        assert sum((b[1] for b in blocks), []) == captions
+    with pytest.raises(ValueError, match="divisible by 3"):
+        DataLoader(data, 10, world_size=3)
+
+
 def test_threads_per_rank_share_the_cores_only_under_mpi():
     from minclip.threads import threads_per_rank
     cores = len(os.sched_getaffinity(0))
