@@ -46,6 +46,8 @@ class Communicator:
         this rank gets its own block (B, ...). It is the adjoint of ``allgather``.
     ``allreduce(x)``: the sum over ranks, the same on every rank.
     ``broadcast(x, root)``: root's x on every rank.
+    ``allgather_objects(obj)``: every rank's Python object, a list in rank order
+        (small things: a dataset size, an error message).
     """
 
     rank, size = 0, 1
@@ -64,6 +66,9 @@ class Communicator:
 
     def barrier(self):
         raise TypeError(f"{type(self).__name__} does not define barrier")
+
+    def allgather_objects(self, obj):
+        raise TypeError(f"{type(self).__name__} does not define allgather_objects")
 
     def _check_divisible(self, x):
         if x.shape[0] % self.size:
@@ -84,6 +89,9 @@ class SingleProcess(Communicator):
 
     def barrier(self):
         pass
+
+    def allgather_objects(self, obj):
+        return [obj]
 
 
 def _contiguous(x):
@@ -144,6 +152,9 @@ class MPICommunicator(Communicator):
     def barrier(self):
         self.comm.Barrier()
 
+    def allgather_objects(self, obj):
+        return self.comm.allgather(obj)
+
 
 class NCCLCommunicator(Communicator):
     """NCCL collectives on CuPy arrays (one GPU per rank), set up over MPI.
@@ -194,6 +205,9 @@ class NCCLCommunicator(Communicator):
         self.cupy.cuda.get_current_stream().synchronize()
         self.mpi.Barrier()
 
+    def allgather_objects(self, obj):
+        return self.mpi.allgather(obj)
+
 
 class ThreadCommunicator(Communicator):
     """Rank ``rank`` of N ranks that are threads of one process (see ``run_threads``).
@@ -237,6 +251,9 @@ class ThreadCommunicator(Communicator):
 
     def barrier(self):
         self.shared["barrier"].wait()
+
+    def allgather_objects(self, obj):
+        return self._exchange(obj)
 
 
 def run_threads(size, fn):
@@ -373,5 +390,54 @@ def allreduce_gradients(params, comm):
 
 
 def allreduce_mean(value, comm):
-    """The mean over ranks of a Python number (a loss to log, or to stop on)."""
+    """The mean over ranks of a Python number (a loss to log, or to stop on); one process: the number."""
+    if comm.size == 1:
+        return value
     return float(comm.allreduce(backend.asarray([value], dtype="float64"))[0]) / comm.size
+
+
+# --------------------------------------------------------- agreement
+
+class RankFailed(RuntimeError):
+    """An error that one rank met and every rank now stops on (raised on all of them, together)."""
+
+    def __init__(self, message, rank):
+        super().__init__(message)
+        self.rank = rank
+
+
+def together(fn, errors, comm):
+    """``fn()`` on every rank; if it raised one of ``errors`` on any rank, raise it on all.
+
+    A rank that fails alone would leave the others waiting forever in their
+    next collective. Instead every rank reports how ``fn`` went, and if any
+    failed, all raise ``RankFailed`` with the first failing rank's message
+    (prefixed with that rank unless all ranks failed alike), so the job ends as one.
+    """
+    try:
+        result, failure = fn(), None
+    except errors as error:
+        result, failure = None, str(error)
+    failures = comm.allgather_objects(failure)
+    for rank, message in enumerate(failures):
+        if message is not None:
+            alone = comm.size > 1 and failures.count(message) < comm.size
+            raise RankFailed(f"rank {rank}: {message}" if alone else message, rank)
+    return result
+
+
+def check_same_weights(model, comm):
+    """Raise ValueError unless every rank holds rank 0's parameters, bit for bit (one broadcast).
+
+    Every rank builds its model from the same seed; this checks that it did,
+    so that N copies start as one model.
+    """
+    if comm.size == 1:
+        return
+    params = list(model.parameters())
+    xp = array_module(params[0].data)
+    flat = xp.concatenate([p.data.reshape(-1) for p in params])           # (P,)
+    same = bool((comm.broadcast(flat) == flat).all())
+    if not all(comm.allgather_objects(same)):
+        raise ValueError("the ranks built different initial weights from the same --seed "
+                         "(check that every rank runs the same minclip and backend)")

@@ -13,6 +13,12 @@ One training step, the heart of CLIP:
 
 Flags follow open_clip's names. Everything a run produces goes to
 ``LOGS/NAME/``: metrics.jsonl, results.jsonl, plots/, checkpoints/.
+
+Data-parallel across N processes: ``mpiexec -n N python -m mpi4py -m
+minclip.train ...`` (docs/distributed.md). ``--batch-size`` is then per
+process; every rank takes its block of each global batch, the loss is the
+global-batch loss through ``AllGather``, the gradients are averaged between
+backward and clipping, and only rank 0 writes files and evaluates.
 """
 import argparse
 import dataclasses
@@ -31,9 +37,12 @@ from minclip.checkpoint import load_checkpoint, load_checkpoint_tokenizer, save_
 from minclip.checkpoint import save as save_weights
 from minclip.cli import USER_ERRORS, add_backend_argument, add_csv_arguments, csv_dataset, fail, use_backend_or_exit
 from minclip.data import DataLoader, ImageFolder, clip_transform, shapes
+from minclip.distributed import (RankFailed, SingleProcess, allreduce_gradients, allreduce_mean, check_same_weights,
+                                 local_clip_loss, local_siglip_loss, together, world)
 from minclip.evaluate import builtin_sets, evaluate, format_table
 from minclip.loss import clip_loss, siglip_loss
 from minclip.model import CLIP, CLIPConfig
+from minclip.nn.batchnorm import sync_batchnorm
 from minclip.optim import AdamW, CosineSchedule, clip_grad_norm_, param_groups_for_weight_decay
 from minclip.runlog import append_jsonl, draw_plots
 from minclip.tensor import Tensor, no_grad
@@ -60,7 +69,8 @@ def parse_args(argv=None):
     model = p.add_argument_group("model and optimization")
     model.add_argument("--model", default="tiny-vit", help="preset: tiny-vit, tiny-rn, ViT-B-32, RN50 (default tiny-vit)")
     add_backend_argument(model)
-    model.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
+    model.add_argument("--batch-size", type=int, default=128,
+                       help="images per step and process (default 128; under mpiexec -n N the global batch is N times it)")
     model.add_argument("--epochs", type=int, default=None, help="passes over the training data (default: the preset's)")
     model.add_argument("--max-steps", type=int, help="stop after this many steps in all (the schedule still spans --epochs)")
     model.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
@@ -133,7 +143,13 @@ class Run:
     train_set: object
     loader: DataLoader
     eval_sets: dict                  # zeroshot / retrieval / probe, as ``evaluate`` takes them
+    comm: object                     # the ranks of this job (SingleProcess without mpiexec)
     step: int = 0
+
+    @property
+    def writes(self):
+        """Whether this process writes files and evaluates: rank 0 only."""
+        return self.comm.rank == 0
 
     @property
     def steps_per_epoch(self):
@@ -144,35 +160,51 @@ class Run:
         return os.path.join(self.run_dir, *parts)
 
 
-def setup(args):
-    """Datasets, tokenizer, model and optimizer for ``args``; restored from ``--resume`` if given."""
+def setup(args, comm=SingleProcess()):
+    """Datasets, tokenizer, model and optimizer for ``args``; restored from ``--resume`` if given.
+
+    Under MPI every rank runs it (it makes no collective call, so that a rank
+    failing here cannot leave the others waiting; ``train`` checks the ranks
+    agree afterwards). Only rank 0 writes (the run directory, the tokenizer).
+    """
     config = dataclasses.replace(CLIPConfig.preset(args.model), loss=args.loss)
     default_epochs, default_lr = PRESET_SCHEDULES.get(args.model.replace("/", "-"), (10, 5e-4))
     epochs, lr = args.epochs or default_epochs, args.lr or default_lr
     run_dir = os.path.join(args.logs, args.name or f"{args.model}-{args.loss}-seed{args.seed}")
-    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    if comm.rank == 0:
+        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     resume = os.path.join(run_dir, "checkpoints", "latest.safetensors") if args.resume == "latest" else args.resume
     if resume and not os.path.isfile(resume):
         raise FileNotFoundError(f"--resume: no checkpoint {resume}")
 
     backend.seed(args.seed)
     train_set, retrieval, zeroshot, probe = build_datasets(args, config.image_resolution)
-    loader = DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed)
-    tokenizer = setup_tokenizer(config, train_set, resume, os.path.join(run_dir, "tokenizer.txt"))
+    loader = DataLoader(train_set, args.batch_size * comm.size, shuffle=True, seed=args.seed,
+                        rank=comm.rank, world_size=comm.size)
+    tokenizer = setup_tokenizer(config, train_set, resume, os.path.join(run_dir, "tokenizer.txt"), comm.rank == 0)
     config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)
-    model = CLIP(config)
+    model = sync_batchnorm(CLIP(config), comm) if comm.size > 1 else CLIP(config)
     optimizer, schedule = build_optimizer(model, lr, args.wd, args.warmup, len(loader) * epochs)
     run = Run(args, epochs, config, run_dir, tokenizer, model, optimizer, schedule, train_set, loader,
-              {"zeroshot": zeroshot, "retrieval": retrieval, "probe": probe})
+              {"zeroshot": zeroshot, "retrieval": retrieval, "probe": probe}, comm)
     if resume:
         meta = load_checkpoint(resume, model, optimizer)
+        trained_on = meta.get("world_size", 1)
+        if trained_on != comm.size:
+            raise ValueError(f"--resume: {resume} was trained on {trained_on} process(es), this run has "
+                             f"{comm.size}; resume with mpiexec -n {trained_on} (the data order depends on it)")
         run.step = meta["step"]
-        backend.set_rng_state(meta["rng"])
-        print(f"resumed from {resume} at step {run.step}")
+        try:
+            backend.set_rng_state(meta["rng"])
+        except ValueError:
+            raise ValueError(f"--resume: {resume} was written by an older minclip whose random state this "
+                             f"version cannot restore; start a new run (or load its weights alone)") from None
+        if comm.rank == 0:
+            print(f"resumed from {resume} at step {run.step}")
     return run
 
 
-def setup_tokenizer(config, train_set, resume, path):
+def setup_tokenizer(config, train_set, resume, path, write=True):
     """The run's tokenizer, written to ``path`` when it is a trained one.
 
     On ``--resume`` a trained tokenizer is the one the checkpoint was trained
@@ -183,35 +215,44 @@ def setup_tokenizer(config, train_set, resume, path):
         tokenizer = load_checkpoint_tokenizer(resume, config)
     else:
         tokenizer = build_tokenizer(config, list(train_set.captions))
-    if config.tokenizer == "trained":
+    if config.tokenizer == "trained" and write:
         tokenizer.save(path)
     return tokenizer
 
 
 # ------------------------------------------------------------------- step
 
-def contrastive_loss(model, images, ids, loss_name):
-    """Forward both towers and the chosen contrastive loss."""
+def contrastive_loss(model, images, ids, loss_name, comm=SingleProcess()):
+    """Forward both towers and the chosen contrastive loss (across ranks: this rank's share of it)."""
     outputs = model(images, ids)
+    if comm.size > 1:
+        return (local_clip_loss if loss_name == "clip" else local_siglip_loss)(*outputs, comm)
     return clip_loss(*outputs) if loss_name == "clip" else siglip_loss(*outputs)
 
 
-def train_step(model, optimizer, images, ids, loss_name="clip", clip_norm=1.0):
+def train_step(model, optimizer, images, ids, loss_name="clip", clip_norm=1.0, comm=SingleProcess(),
+               with_scale=False):
     """One step: forward, backward, clip, update, clamp the temperature. Returns the loss.
 
     ``loss_name`` is "clip" or "siglip"; ``clip_norm`` the largest global
-    gradient norm (0 or None: no clipping).
+    gradient norm (0 or None: no clipping). ``comm``: the ranks of a
+    data-parallel job, whose gradients are averaged before clipping (the
+    loss returned is then this rank's). With ``with_scale`` it returns
+    (loss, logit scale), read from the device in one copy (the training loop:
+    each device->host copy waits for the GPU to finish).
     """
     # BEGIN EXERCISE 6.3: one CLIP training step
-    loss = contrastive_loss(model, Tensor(images), Tensor(ids), loss_name)
+    loss = contrastive_loss(model, Tensor(images), Tensor(ids), loss_name, comm)
     optimizer.zero_grad()
     loss.backward()
+    allreduce_gradients(model.parameters(), comm)          # data parallel: the mean over ranks (else nothing)
     if clip_norm:
         clip_grad_norm_(model.parameters(), clip_norm)
     optimizer.step()
     scale = model.logit_scale.data                          # keep 1/temperature <= 100
     scale[...] = xp.minimum(scale, LOGIT_SCALE_MAX)
-    return float(loss.item())
+    loss_value, scale_value = backend.to_numpy(xp.stack([loss.data.reshape(()), scale.reshape(())]))  # one copy
+    return (float(loss_value), float(scale_value)) if with_scale else float(loss_value)
     # END EXERCISE
 
 
@@ -221,22 +262,27 @@ class NonFiniteLoss(RuntimeError):
 
 # -------------------------------------------------------------------- run
 
-def train(args):
-    """Run training as configured by ``args``; returns the final metrics dict.
+def train(args, comm=SingleProcess()):
+    """Run training as configured by ``args``; returns the final metrics dict (rank 0's).
 
-    Data-parallel training (one process per device) hooks into this loop in
-    two places: the gradients are averaged across processes between
-    ``loss.backward()`` and the clipping inside ``train_step``, and only
-    rank 0 calls ``log_step`` and ``end_of_epoch`` (logs, checkpoints,
-    evaluation), so that N processes do not write one file N times.
+    Data-parallel training (``comm`` of N ranks) hooks in at four places:
+    ``setup`` gives each rank its block of every global batch, ``train_step``
+    averages the gradients between backward and clipping, the loss that is
+    logged and stopped on is the mean over ranks, and only rank 0 writes and
+    evaluates (``log_step``, ``end_of_epoch``, ``finish``) while the others
+    wait, so that N processes do not write one file N times.
     """
-    run = setup(args)
-    print(f"training {args.model}: {run.model.num_parameters():,} parameters, {len(run.train_set)} pairs, "
-          f"{run.epochs} epochs of {run.steps_per_epoch} steps, backend {backend.get_backend()}")
+    run = together(lambda: setup(args, comm), USER_ERRORS, comm)
+    together(lambda: check_ranks_agree(run), USER_ERRORS, comm)
+    if run.writes:
+        print(f"training {args.model}: {run.model.num_parameters():,} parameters, {len(run.train_set)} pairs, "
+              f"{run.epochs} epochs of {run.steps_per_epoch} steps, global batch {run.loader.batch_size} "
+              f"({comm.size} process(es) x {args.batch_size}), backend {backend.get_backend()}")
     total_steps = run.steps_per_epoch * run.epochs
     stop_at = min(total_steps, args.max_steps or total_steps)
     metrics = {}
-    with tqdm(total=stop_at, initial=run.step, disable=args.no_progress, unit="step", dynamic_ncols=True) as progress:
+    with tqdm(total=stop_at, initial=run.step, disable=args.no_progress or not run.writes, unit="step",
+              dynamic_ncols=True) as progress:
         while run.step < stop_at:
             epoch, start = divmod(run.step, run.steps_per_epoch)
             run.model.train()
@@ -244,17 +290,40 @@ def train(args):
             for images, captions in run.loader.epoch_batches(epoch, start_step=start):
                 run.schedule.step(run.step)
                 ids = tokenize(captions, run.config.context_length, tokenizer=run.tokenizer)
-                loss = train_step(run.model, run.optimizer, backend.asarray(images), backend.asarray(ids),
-                                  loss_name=args.loss, clip_norm=args.grad_clip_norm)
+                loss, scale = train_step(run.model, run.optimizer, backend.asarray(images), backend.asarray(ids),
+                                         loss_name=args.loss, clip_norm=args.grad_clip_norm, comm=comm,
+                                         with_scale=True)
+                loss = allreduce_mean(loss, comm)              # the global batch's loss, the same on every rank
                 check_finite(loss, run)
                 run.step += 1
                 toc = time.perf_counter()
-                log_step(run, progress, epoch, loss, images_per_s=len(captions) / (toc - tic))
+                if run.writes:
+                    log_step(run, progress, epoch, loss, scale, images_per_s=run.loader.batch_size / (toc - tic))
                 tic = toc
                 if run.step >= stop_at:
                     break
-            metrics = end_of_epoch(run, progress, epoch) or metrics
-    return finish(run, metrics)
+            metrics = on_rank_zero(run, lambda: end_of_epoch(run, progress, epoch)) or metrics
+    return on_rank_zero(run, lambda: finish(run, metrics))
+
+
+def check_ranks_agree(run):
+    """Raise ValueError unless every rank has the same dataset size and the same initial weights."""
+    sizes = run.comm.allgather_objects(len(run.train_set))
+    if len(set(sizes)) > 1:
+        raise ValueError(f"the ranks see training sets of different sizes {sizes}: every rank must read the "
+                         f"same --train-data (one global order is cut into per-rank blocks)")
+    check_same_weights(run.model, run.comm)
+
+
+def on_rank_zero(run, fn):
+    """``fn()`` on rank 0 (files, evaluation) while the other ranks wait; returns its result on rank 0.
+
+    A failure on rank 0 ends the job (``python -m mpi4py`` aborts all ranks
+    when one exits with an error), so the others never wait forever.
+    """
+    result = fn() if run.writes else None
+    run.comm.barrier()
+    return result
 
 
 def check_finite(loss, run):
@@ -267,10 +336,10 @@ def check_finite(loss, run):
                         f"Try a lower --lr or a smaller --grad-clip-norm.")
 
 
-def log_step(run, progress, epoch, loss, images_per_s):
+def log_step(run, progress, epoch, loss, log_scale, images_per_s):
     """One line of metrics.jsonl, and the progress bar."""
     record = {"step": run.step, "epoch": epoch, "loss": loss, "lr": run.optimizer.param_groups[0]["lr"],
-              "logit_scale": float(math.exp(run.model.logit_scale.item())), "images_per_s": images_per_s}
+              "logit_scale": math.exp(log_scale), "images_per_s": images_per_s}
     append_jsonl(run.path("metrics.jsonl"), record)
     progress.update(1)
     progress.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.1e}", scale=f"{record['logit_scale']:.1f}",
@@ -304,6 +373,7 @@ def save_run(run, path, epoch):
     tokenizer = os.path.relpath(run.path("tokenizer.txt"), os.path.dirname(path)) \
         if run.config.tokenizer == "trained" else "openai"
     meta = {"step": run.step, "epoch": epoch, "rng": backend.get_rng_state(), "config": run.config.to_dict(),
+            "world_size": run.comm.size,
             "args": {**vars(run.args), "epochs": run.epochs, "lr": run.optimizer.defaults["lr"]},
             "tokenizer": tokenizer}
     save_checkpoint(path, run.model, run.optimizer, meta)
@@ -330,9 +400,12 @@ def finish(run, metrics):
 def main(argv=None):
     args = parse_args(argv)
     use_backend_or_exit(args.backend)
+    comm = world()
     try:
-        train(args)
-    except (NonFiniteLoss, *USER_ERRORS) as error:
+        train(args, comm)
+    except (RankFailed, NonFiniteLoss) as error:    # every rank raised it together: rank 0 says it once
+        return fail(error) if comm.rank == 0 else 1
+    except USER_ERRORS as error:                     # one rank alone (mid-run): its exit ends the job
         return fail(error)
     return 0
 

@@ -74,7 +74,7 @@ class Run:
             allreduce_gradients(self.model.parameters(), self.comm)
             value = allreduce_mean(loss.item(), self.comm)
         self.losses.append(value)
-        self.grads.append({n: p.grad.copy() for n, p in self.model.named_parameters()})
+        self.grads.append({n: backend.to_numpy(p.grad).copy() for n, p in self.model.named_parameters()})
         clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
 
@@ -94,7 +94,7 @@ def _worst(pairs):
 
 def differences(run, ref):
     """{"loss", "grad", "param", "buffer"}: the worst relative differences of ``run`` from ``ref``."""
-    state, state_ref = run.model.state_dict(), ref.model.state_dict()
+    state, state_ref = ({k: backend.to_numpy(v) for k, v in r.model.state_dict().items()} for r in (run, ref))
     buffers = {k for k, _ in ref.model.named_buffers()}
     running = [(state[k], state_ref[k]) for k in buffers if state_ref[k].dtype.kind == "f"]
     return {"loss": _worst(list(zip(run.losses, ref.losses))),

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import minclip.checkpoint
 import minclip.safetensors_file
 from minclip import backend, train
 from minclip.checkpoint import load_checkpoint, load_checkpoint_model, read_tensors
@@ -144,6 +143,17 @@ def test_resume_continues_bit_identically(three_step_run, tmp_path):
 def test_resume_from_a_missing_checkpoint_names_it(tmp_path, capsys):
     assert run_cli(tmp_path, "--resume", str(tmp_path / "nowhere.safetensors")) == 1
     assert "nowhere.safetensors" in capsys.readouterr().err
+
+
+def test_resume_of_a_checkpoint_with_numpys_old_random_state_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    old_state = np.random.default_rng(0).bit_generator.state          # what checkpoints held before
+    monkeypatch.setattr(backend, "get_rng_state", lambda: old_state)
+    assert run_cli(tmp_path, "--max-steps", "1") == 0
+    monkeypatch.undo()
+    assert run_cli(tmp_path, "--max-steps", "2", "--resume", "latest") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "random state" in err, (
+        f"expected one line saying the checkpoint's random state cannot be restored, got: {err!r}")
 
 
 def feed_nan_images(monkeypatch):

@@ -19,7 +19,13 @@ needed): AllGather's backward is the adjoint of its forward; the local losses
 of 3 ranks average to the global loss, with its gradients (and without the
 reduce-scatter they do not); one rank's local loss is the ordinary loss and
 passes a gradient check; synced batch norm is batch norm of the whole batch.
+
+The training CLI under ``mpiexec -n 2``: 2 ranks equal 1 process with twice
+the batch (the same float32 rule, on the saved weights), and bad input on one
+rank (an unequal dataset, a missing file, a world-size change on resume) ends
+the whole job with one line, under a timeout.
 """
+import itertools
 import json
 import os
 import pathlib
@@ -31,12 +37,15 @@ import sys
 import numpy as np
 import pytest
 
+from minclip import backend, train
+from minclip.backend import to_numpy
 from minclip.distributed import (AllGather, SingleProcess, all_gather, allreduce_gradients, local_clip_loss,
                                  local_siglip_loss, run_threads, world)
 from minclip.gradcheck import gradcheck
 from minclip.loss import clip_loss, siglip_loss
 from minclip.nn.batchnorm import batch_norm
 from minclip.tensor import Tensor
+from minclip.tokenizer import tokenize
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -93,9 +102,9 @@ def test_allgather_backward_is_the_adjoint_of_its_forward():
     def rank(comm):
         x = Tensor(xs[comm.rank], requires_grad=True)
         gathered = all_gather(x, comm)                                      # (3·B, D)
-        np.testing.assert_array_equal(gathered.data, np.concatenate(xs))
+        np.testing.assert_array_equal(to_numpy(gathered.data), np.concatenate(xs))
         (gathered * Tensor(ys[comm.rank])).sum().backward()
-        return x.grad
+        return to_numpy(x.grad)
 
     grads = run_threads(size, rank)
     for r in range(size):
@@ -135,13 +144,13 @@ def _local_and_global(loss):
         local = (local_clip_loss if loss == "clip" else local_siglip_loss)(*params, comm)
         local.backward()
         allreduce_gradients([p for p in params if p.ndim == 0], comm)   # shared parameters: averaged
-        return local.item(), [p.grad for p in params]
+        return local.item(), [to_numpy(p.grad) for p in params]
 
     results = run_threads(3, rank)
     # feature rows: rank r's gradient is d(Σ_s L_s)/dx_r = 3 · dL/dx_r
     grads = [np.concatenate([g[k] for _, g in results]) / 3 if a.ndim else results[0][1][k]
              for k, a in enumerate(arrays)]
-    return (np.mean([value for value, _ in results]), grads), (expected.item(), [t.grad for t in ref])
+    return (np.mean([value for value, _ in results]), grads), (expected.item(), [to_numpy(t.grad) for t in ref])
 
 
 @pytest.mark.parametrize("loss", ["clip", "siglip"])
@@ -172,11 +181,11 @@ def test_synced_batch_norm_is_batch_norm_of_the_whole_batch():
     upstream = rng.standard_normal(x.shape)
 
     def run(x_part, up_part, comm=None):
-        stats = [np.zeros(4), np.ones(4)]
+        stats = [backend.asarray(np.zeros(4)), backend.asarray(np.ones(4))]          # updated in place
         xt, wt, bt = (Tensor(a, requires_grad=True) for a in (x_part, weight, bias))
         out = batch_norm(xt, *stats, wt, bt, training=True, comm=comm)
         (out * Tensor(up_part)).sum().backward()
-        return out.data, xt.grad, wt.grad, bt.grad, stats
+        return tuple(to_numpy(a) for a in (out.data, xt.grad, wt.grad, bt.grad)) + ([to_numpy(a) for a in stats],)
 
     out, gx, gw, gb, stats = run(x, upstream)
     parts = run_threads(2, lambda comm: run(x[3 * comm.rank:3 * comm.rank + 3],
@@ -210,3 +219,139 @@ def test_allreduce_gradients_is_one_flat_average():
         np.testing.assert_array_equal(grads[0], np.full((2, 3), 0.5))
         np.testing.assert_array_equal(grads[1], np.full(4, 1.0))
         assert grads[2] is None
+
+
+# ---------------------------------------------------------------- the training CLI under mpiexec
+
+def _mpiexec():
+    """mpiexec, or a clean skip naming what is missing."""
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install mpi4py mpich)")
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("no mpiexec on PATH (pip install mpich)")
+    return mpiexec
+
+
+def _cli(*ranks, timeout=300):
+    """``mpiexec`` of the training CLI: one ``-n 1`` block per rank, each with its own flags (MPMD)."""
+    command = [_mpiexec()]
+    for flags in ranks:
+        command += [":"] * (command[-1] != command[0]) + ["-n", "1", sys.executable, "-m", "mpi4py", "-m",
+                                                          "minclip.train", "--no-progress", *flags]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _float32_rounding(flags, steps, logs):
+    """How far float32 rounding alone takes one process: mpi_step's measure between its weights
+    after the CLI's first ``steps`` steps in float32 and in float64 (the scale of the float32 rule)."""
+    weights = {}
+    for dtype in ("float32", "float64"):
+        run = train.setup(train.parse_args([*flags, "--logs", str(logs / dtype)]))
+        run.model.to(dtype=dtype)
+        for images, captions in itertools.islice(run.loader.epoch_batches(0), steps):
+            run.schedule.step(run.step)
+            ids = tokenize(captions, run.config.context_length, tokenizer=run.tokenizer)
+            train.train_step(run.model, run.optimizer, backend.asarray(images), backend.asarray(ids),
+                             clip_norm=run.args.grad_clip_norm)
+            run.step += 1
+        weights[dtype] = {k: to_numpy(v) for k, v in run.model.state_dict().items()}
+    return mpi_step._worst([(weights["float32"][k], v) for k, v in weights["float64"].items()])
+
+
+def test_the_cli_on_two_processes_trains_as_one_process_with_twice_the_batch(tmp_path):
+    """2 ranks x batch 8 against 1 process x batch 16, 3 AdamW steps, the saved weights compared.
+
+    Tolerances, mpi_step's float32 rule: the logged loss of every step within
+    1e-6 relative; the weights within 1e-6, or within 3x the difference
+    float32 rounding alone makes to one process over the same steps (its
+    float32 run vs its float64 run): AdamW's update lr·m/(√v + eps) turns a
+    rounding-level difference of a near-zero gradient into a difference of up
+    to lr in that weight, so float32 weights cannot agree to 1e-6. A wrong data
+    split or a missing reduce-scatter changes the loss from step 2 on.
+    """
+    from safetensors.numpy import load_file
+    steps, common = 3, ["--train-num-samples", "64", "--max-steps", "3", "--no-eval", "--lr", "2e-3"]
+    two = _cli(*[[*common, "--batch-size", "8", "--logs", str(tmp_path / "two")]] * 2)
+    assert two.returncode == 0, f"mpiexec -n 2 failed ({two.returncode}):\n{two.stdout}\n{two.stderr}"
+    assert "global batch 16 (2 process(es) x 8)" in two.stdout
+    one = subprocess.run([sys.executable, "-m", "minclip.train", "--no-progress", *common, "--batch-size", "16",
+                          "--logs", str(tmp_path / "one")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert one.returncode == 0, one.stderr
+    run_one, run_two = (tmp_path / d / "tiny-vit-clip-seed0" for d in ("one", "two"))
+    losses_one, losses_two = _losses(run_one), _losses(run_two)
+    assert len(losses_two) == steps
+    for step, (a, b) in enumerate(zip(losses_two, losses_one), 1):
+        assert abs(a - b) <= 1e-6 * abs(b), f"step {step}: loss {a} on 2 ranks, {b} on 1 process"
+    w_one, w_two = load_file(run_one / "model.safetensors"), load_file(run_two / "model.safetensors")
+    error = mpi_step._worst([(w_two[k], w_one[k]) for k in w_one])
+    rounding = _float32_rounding([*common, "--batch-size", "16"], steps, tmp_path / "rounding")
+    print(f"weights after {steps} steps: 2 ranks vs 1 process {error:.2e}; float32 vs float64 {rounding:.2e}")
+    assert error <= max(1e-6, 3 * rounding), (
+        f"the weights after {steps} steps differ by {error:.2e} relative: > 1e-6 and > 3x float32's own "
+        f"rounding {rounding:.2e}")
+
+
+@pytest.mark.parametrize("case, rank1_flags, expected", [
+    ("an unequal dataset split", ["--train-num-samples", "48"], "different sizes [64, 48]"),
+    ("a file missing on one rank", ["--train-data", "/nowhere/pairs.csv"], "rank 1: "),
+])
+def test_bad_input_on_one_rank_ends_the_whole_job_with_one_line(tmp_path, case, rank1_flags, expected):
+    common = ["--train-num-samples", "64", "--max-steps", "1", "--no-eval", "--batch-size", "8",
+              "--logs", str(tmp_path)]
+    done = _cli(common, [*common, *rank1_flags], timeout=120)
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode != 0 and "Traceback" not in done.stderr, f"{case}: {done.returncode}\n{done.stderr}"
+    assert len(ours) == 1 and expected in ours[0], f"{case}: expected one line with {expected!r}:\n{done.stderr}"
+
+
+def test_resume_on_another_world_size_is_one_clear_line(tmp_path):
+    flags = ["--train-num-samples", "64", "--max-steps", "1", "--no-eval", "--batch-size", "16",
+             "--logs", str(tmp_path)]
+    one = subprocess.run([sys.executable, "-m", "minclip.train", "--no-progress", *flags],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert one.returncode == 0, one.stderr
+    done = _cli(*[[*flags, "--batch-size", "8", "--max-steps", "2", "--resume", "latest"]] * 2, timeout=120)
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert len(ours) == 1 and "trained on 1 process(es), this run has 2" in ours[0], done.stderr
+
+
+def test_the_ranks_blocks_of_each_global_batch_are_one_process_batch():
+    from minclip.data import DataLoader, shapes
+    data = shapes.load_split("train", image_size=16, n=40)
+    whole = DataLoader(data, 12, seed=3, prefetch=False)
+    ranks = [DataLoader(data, 12, seed=3, prefetch=False, rank=r, world_size=3) for r in range(3)]
+    assert [len(loader) for loader in ranks] == [len(whole)] * 3 == [3] * 3, "drop_last: the same steps everywhere"
+    for step, (images, captions) in enumerate(whole.epoch_batches(1)):
+        blocks = [list(loader.epoch_batches(1))[step] for loader in ranks]
+        np.testing.assert_array_equal(np.concatenate([b[0] for b in blocks]), images)
+        assert sum((b[1] for b in blocks), []) == captions
+    with pytest.raises(ValueError, match="divisible by 3"):
+        DataLoader(data, 10, world_size=3)
+
+
+def test_threads_per_rank_share_the_cores_only_under_mpi():
+    from minclip.threads import threads_per_rank
+    cores = len(os.sched_getaffinity(0))
+    assert threads_per_rank({"MPI_LOCALNRANKS": "2", "PMI_SIZE": "2"}) == max(1, cores // 2)
+    assert threads_per_rank({"OMPI_COMM_WORLD_LOCAL_SIZE": str(4 * cores)}) == 1
+    assert threads_per_rank({"PMI_SIZE": "2", "OMP_NUM_THREADS": "3"}) is None, "the user's choice stays"
+    assert threads_per_rank({}) is None and threads_per_rank({"PMI_SIZE": "1"}) is None, "no MPI: left alone"
+
+
+def test_resume_on_the_same_world_size_continues_bit_for_bit(tmp_path):
+    flags = ["--train-num-samples", "64", "--no-eval", "--batch-size", "8"]
+    straight = _cli(*[[*flags, "--max-steps", "3", "--logs", str(tmp_path / "straight")]] * 2)
+    first = _cli(*[[*flags, "--max-steps", "2", "--logs", str(tmp_path / "resumed")]] * 2)
+    resumed = _cli(*[[*flags, "--max-steps", "3", "--logs", str(tmp_path / "resumed"), "--resume", "latest"]] * 2)
+    for done in (straight, first, resumed):
+        assert done.returncode == 0, done.stderr
+    run_straight, run_resumed = (tmp_path / d / "tiny-vit-clip-seed0" for d in ("straight", "resumed"))
+    assert _losses(run_resumed) == _losses(run_straight)
+    assert (run_resumed / "model.safetensors").read_bytes() == (run_straight / "model.safetensors").read_bytes(), \
+        "2 ranks resumed at step 2 must end with the weights of 2 ranks that never stopped"

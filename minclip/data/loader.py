@@ -112,14 +112,21 @@ class DataLoader:
     The order of epoch ``e`` is a permutation drawn from
     ``numpy.random.default_rng((seed, e))``: it depends on nothing but the seed
     and the epoch, so a resumed run that knows (epoch, step) continues with
-    exactly the batches it would have seen. With ``prefetch`` one background
+    exactly the batches it would have seen. Data-parallel ranks share that
+    order: with ``world_size`` N each global batch of ``batch_size`` is cut in
+    N blocks and rank r yields block r, so all ranks take the same number of
+    steps. With ``prefetch`` one background
     thread prepares the next batch while the caller trains on this one
     (decoding and normalizing release the GIL, so the two overlap).
     """
 
-    def __init__(self, dataset, batch_size, shuffle=True, seed=0, drop_last=True, prefetch=True):
+    def __init__(self, dataset, batch_size, shuffle=True, seed=0, drop_last=True, prefetch=True,
+                 rank=0, world_size=1):
         if batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be at least 1, got {batch_size}")
+        if batch_size % world_size or (world_size > 1 and not drop_last):
+            raise ValueError(f"DataLoader: {world_size} ranks need drop_last and a batch_size divisible by "
+                             f"{world_size}, got batch_size {batch_size}, drop_last={drop_last}")
         if drop_last and len(dataset) < batch_size:
             raise ValueError(f"DataLoader: {len(dataset)} examples cannot fill one batch of "
                              f"{batch_size} with drop_last=True: use a smaller batch_size")
@@ -129,6 +136,7 @@ class DataLoader:
         self.seed = seed
         self.drop_last = drop_last
         self.prefetch = prefetch
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self):
         """Steps per epoch."""
@@ -149,9 +157,13 @@ class DataLoader:
         # END EXERCISE
 
     def epoch_batches(self, epoch, start_step=0):
-        """Yield (images float32 (B, 3, H, W), captions) for steps ``start_step``.. of ``epoch``."""
+        """Yield (images float32 (B, 3, H, W), captions) for steps ``start_step``.. of ``epoch``.
+
+        B is this rank's share of the batch: ``batch_size // world_size``.
+        """
         order = self.order(epoch)
-        steps = [order[s * self.batch_size:(s + 1) * self.batch_size]
+        b = self.batch_size // self.world_size
+        steps = [order[s * self.batch_size + self.rank * b:s * self.batch_size + (self.rank + 1) * b]
                  for s in range(start_step, len(self))]
         batches = (self.dataset.batch(indices) for indices in steps)
         yield from (_prefetched(batches) if self.prefetch else batches)
