@@ -1,6 +1,6 @@
 """Weight files and training checkpoints, in the safetensors format.
 
-The format itself (and reading it without PyTorch) is ``safetensors_file.py``;
+The format itself (and reading it without PyTorch) is ``safetensors_io.py``;
 minclip writes three kinds of file in this one format:
 
 * a **model file** (``save`` / ``load``): the state dict under OpenAI's key
@@ -28,7 +28,7 @@ import numpy
 from minclip import hf
 from minclip.model import CLIP, CLIPConfig
 from minclip.model.clip import OPENAI_BOOKKEEPING_KEYS
-from minclip.safetensors_file import WeightsFileError, read_header, read_tensors, write_tensors  # noqa: F401
+from minclip.safetensors_io import WeightsFileError, read_header, read_tensors, write_tensors  # noqa: F401
 from minclip.tokenizer import CLIPTokenizer
 
 OPTIMIZER_PREFIX = "optimizer.state."

@@ -30,7 +30,7 @@ import os
 import numpy
 
 from minclip.model.config import CLIPConfig
-from minclip.safetensors_file import WeightsFileError, read_tensors, write_tensors
+from minclip.safetensors_io import WeightsFileError, read_tensors, write_tensors
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

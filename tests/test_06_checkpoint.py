@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import minclip
-import minclip.safetensors_file
+import minclip.safetensors_io
 from minclip import Tensor, backend, nn
 from minclip.checkpoint import WeightsFileError, load_checkpoint, read_tensors, save_checkpoint
 from minclip.optim import AdamW
@@ -137,7 +137,7 @@ def test_an_interrupted_write_keeps_the_last_checkpoint(tmp_path, monkeypatch):
             f.write(b"half a file")                       # the process dies here
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(minclip.safetensors_file, "save_file", crash_halfway)
+    monkeypatch.setattr(minclip.safetensors_io, "save_file", crash_halfway)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, small_model(), meta={"step": 2})
     assert load_checkpoint(path) == {"step": 1}, "the previous checkpoint must survive a crash while saving"

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import minclip.safetensors_file
+import minclip.safetensors_io
 from minclip import backend, train
 from minclip.checkpoint import load_checkpoint, load_checkpoint_model, read_tensors
 from minclip.model import CLIP, CLIPConfig
@@ -193,7 +193,7 @@ def test_a_checkpoint_write_killed_halfway_keeps_the_old_file(three_step_run, tm
             f.write(before[:len(before) // 2])              # half of a file, then the process is killed
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(minclip.safetensors_file, "save_file", die_halfway)
+    monkeypatch.setattr(minclip.safetensors_io, "save_file", die_halfway)
     with pytest.raises(KeyboardInterrupt):
         run_cli(logs, "--max-steps", "4", "--resume", "latest")           # step 4 ends epoch 2: saves
     assert latest.read_bytes() == before, "an interrupted save must leave the previous checkpoint as it was"

@@ -23,7 +23,7 @@ HOST_BOUNDARY = {
     "checkpoint.py": "reads and writes files (safetensors) on the host",
     "convert.py": "converts files on the host",
     "hf.py": "reads and writes Hugging Face directories on the host (renames, stacks q/k/v)",
-    "safetensors_file.py": "reads and writes safetensors files on the host",
+    "safetensors_io.py": "reads and writes safetensors files on the host",
     "tokenizer/": "text is tokenized on the host; ids go to the device with the batch",
     "data/": "images are decoded and batched on the host; the batch is copied once",
     "exercises/": "course tooling, no array compute",
