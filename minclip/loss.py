@@ -17,48 +17,17 @@ are negatives that come for free from the rest of the batch.
   softmax over the batch.
 
 The gradients come from autodiff through fused ops (``F.cross_entropy``) and
-one small Function, ``LogSigmoid``, which is written so that it never overflows.
+the stable ``F.log_sigmoid``, which never overflows.
 """
 import math
 
 from minclip import functional as F
-from minclip.backend import array_module
-from minclip.tensor import Function, Tensor, stable_sigmoid
+from minclip.functional import log_sigmoid
+from minclip.tensor import Tensor
 
 CLIP_INIT_LOGIT_SCALE = math.log(1 / 0.07)   # log t for CLIP: t = 1/0.07 ≈ 14.3
 SIGLIP_INIT_LOGIT_SCALE = math.log(10.0)     # log t for SigLIP: t = 10
 SIGLIP_INIT_LOGIT_BIAS = -10.0               # b for SigLIP: every pair starts as "probably not"
-
-
-class LogSigmoid(Function):
-    """log σ(z), stable for any z.
-
-    The naive ``log(1 / (1 + exp(-z)))`` overflows in exp for z ≪ 0 and loses
-    everything to rounding for z ≫ 0. Writing it as
-
-        log σ(z) = -softplus(-z) = min(z, 0) - log(1 + e^{-|z|})
-
-    keeps the exponent ≤ 0. Backward: d/dz log σ(z) = 1 - σ(z) = σ(-z).
-    """
-
-    def forward(self, z):
-        """log σ(z) = min(z, 0) - log(1 + e^{-|z|}); saves z for the backward.
-
-        Hint: every exponent must be ≤ 0; ``xp.log1p`` keeps log(1 + tiny) exact.
-        """
-        # BEGIN EXERCISE 5.4: the stable log-sigmoid
-        xp = array_module(z)
-        self.z = z
-        return xp.minimum(z, 0) - xp.log1p(xp.exp(-xp.abs(z)))
-        # END EXERCISE
-
-    def backward(self, g):
-        return (g * stable_sigmoid(-self.z),)
-
-
-def log_sigmoid(z):
-    """log σ(z) elementwise, without overflow (PyTorch's ``F.logsigmoid``)."""
-    return LogSigmoid.apply(z)
 
 
 def _check_scalar(name, value):
