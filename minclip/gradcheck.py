@@ -67,11 +67,8 @@ def _float64_leaf(x):
 def _numerical_gradient(loss, tensor, eps):
     """Central differences of ``loss()`` with respect to every element of ``tensor``.
 
-    Hint: ``tensor.data.reshape(-1)`` is a view, so writing its element j
-    perturbs the very tensor that ``loss()`` reads. For each j: set x_j + eps
-    and call ``loss()``, set x_j - eps and call it again, put x_j back, and
-    store (plus - minus) / (2 eps). Return a float64 array of the tensor's
-    shape (on its backend), and leave the tensor exactly as it was.
+    Returns a float64 array of the tensor's shape (on its backend); the tensor
+    is perturbed in place one element at a time and left exactly as it was.
     """
     # BEGIN EXERCISE 2.1: Central finite differences
     flat = tensor.data.reshape(-1)  # a view: writing it perturbs the tensor

@@ -45,10 +45,6 @@ def similarity_logits(image_features, text_features, logit_scale):
     temperature) stretches that range to [-t, t] so that a softmax can become
     confident. Row i compares image i with every text; column j compares
     text j with every image (so ``logits.T`` is OpenAI's ``logits_per_text``).
-
-    Hints: one matrix product, ``@`` and ``.T``. First check the inputs:
-    both features (N, D) with the same shape (a ValueError naming both
-    shapes otherwise), and ``_check_scalar("logit_scale", logit_scale)``.
     """
     # BEGIN EXERCISE 5.1: the similarity logits
     if image_features.ndim != 2 or image_features.shape != text_features.shape:
@@ -77,9 +73,6 @@ def clip_loss(image_features, text_features, logit_scale):
     loss is close to ln(N): 3.47 for N = 32, 10.4 for N = 32768. (Exactly,
     with logits of spread σ = t/√D it is about ln N + σ²/2.) A first loss far
     from ln N means a bug before training has even started.
-
-    Hints: ``F.cross_entropy(logits, targets)`` averages over the rows;
-    ``logits.xp.arange(n)`` makes the labels on the logits' backend.
     """
     # BEGIN EXERCISE 5.2: the symmetric CLIP loss
     logits = similarity_logits(image_features, text_features, logit_scale)   # (N, N)
@@ -105,10 +98,6 @@ def siglip_loss(image_features, text_features, logit_scale, logit_bias):
     logit_scale = 10 (log t = ln 10) and logit_bias = -10: every pair begins
     as "probably not a match", close to the true prior, which avoids large
     corrections in the first steps.
-
-    Hints: ``similarity_logits`` plus the bias; build the labels with
-    ``2 * eye(N) - 1``; use ``log_sigmoid`` (stable) rather than
-    ``sigmoid().log()``. ``_check_scalar("logit_bias", logit_bias)`` first.
     """
     # BEGIN EXERCISE 5.3: the SigLIP loss
     _check_scalar("logit_bias", logit_bias)

@@ -193,11 +193,10 @@ class AdamW(Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     def update_parameter(self, param, grad, state, group):
-        """One AdamW step on ``param`` in place; ``state`` keeps "step", "exp_avg" (m), "exp_avg_sq" (v).
+        """One AdamW step on ``param`` in place.
 
-        Hints: start with step 0 and m = v = zeros like ``param``. Use in-place
-        ops (``param *= ...``, ``m += ...``), and cast every Python number to
-        the parameter's dtype (``param.dtype.type(x)``) so float32 stays float32.
+        ``state`` keeps "step", "exp_avg" (m) and "exp_avg_sq" (v); every Python
+        number is cast to the parameter's dtype, so float32 stays float32.
         """
         if backend_name(param) == "cupy":
             return self.update_fused(param, grad, state, group)

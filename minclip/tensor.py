@@ -59,10 +59,6 @@ def unbroadcast(grad, shape):
     If ``x`` of shape (3, 1) was broadcast to (5, 3, 4), each element of x was
     used 5·4 times, so its gradient is the sum over the new leading axis and
     over the stretched axis of size 1.
-
-    Hint: the first ``grad.ndim - len(shape)`` axes were added in front; sum
-    them, and (keepdims) every axis where ``shape`` has 1 but ``grad`` does
-    not; then reshape to ``shape``. Return ``grad`` itself if nothing changed.
     """
     # BEGIN EXERCISE 2.4: The backward of broadcasting
     if grad.shape == shape:
@@ -201,17 +197,8 @@ class Tensor:
         ``grad`` is dL/d(self); it defaults to 1 for a scalar. Leaf tensors
         accumulate into ``.grad``. Unless ``retain_graph``, each op drops its
         saved arrays after use, so the graph does not outlive this call.
-
-        Hint: raise RuntimeError if ``self`` does not require a grad, or if
-        ``grad`` is omitted for a non-scalar. Keep a dict id(tensor) -> its
-        gradient so far, starting with {id(self): grad}, and visit
-        ``reversed(_topological_order(self))``. A leaf (``_ctx`` None), or a
-        tensor that asked to ``_retain_grad``, adds its gradient into ``.grad``
-        (copy the first one: it may be a read-only view). Otherwise
-        ``_ctx.backward(g)`` returns one gradient per tensor in
-        ``_ctx.parents`` (None: nothing to pass); *add* each into the dict,
-        because a tensor used twice receives two gradients. Then set
-        ``node._ctx = None`` unless ``retain_graph``.
+        A RuntimeError says why when ``self`` needs no gradient, or when
+        ``grad`` is omitted for a tensor that is not a scalar.
         """
         # BEGIN EXERCISE 2.3: The backward pass
         if not self.requires_grad:
@@ -387,12 +374,6 @@ def _topological_order(root):
     An iterative depth-first search: a node is appended after all its
     parents, so walking the list backwards visits each node only after every
     node that uses it has passed its gradient down.
-
-    Hint: a stack of (node, parents_done) pairs. Popping (node, False) the
-    first time, push (node, True) and then each parent that requires a grad;
-    popping (node, True) means its parents are all in ``order``: append it.
-    Follow ``node._ctx.parents``; a leaf has ``_ctx`` None. Mark nodes
-    visited by ``id`` so that a shared parent is listed once.
     """
     # BEGIN EXERCISE 2.2: Topological order of the graph
     order, visited, stack = [], set(), [(root, False)]
@@ -490,13 +471,8 @@ class MatMulFunction(Function):
         return a @ b
 
     def backward(self, g):
-        """dL/da = g @ bᵀ, dL/db = aᵀ @ g, each unbroadcast to its input's shape.
-
-        Hint: two 1-D vectors give a scalar g (the gradients are g·b and g·a).
-        Otherwise treat a 1-D ``a`` as (1, K) and a 1-D ``b`` as (K, 1), add
-        the matching size-1 axis to g, and reshape the results back. Compute
-        only the gradients that ``self.needs_grad`` asks for (None otherwise).
-        """
+        """dL/da = g @ bᵀ, dL/db = aᵀ @ g, each unbroadcast to its input's shape (a 1-D input
+        is a row or a column, as in ``a @ b``)."""
         # BEGIN EXERCISE 2.5: Matrix multiplication backward
         a, b = self.a, self.b
         if a.ndim == 1 and b.ndim == 1:

@@ -92,10 +92,7 @@ class LogSigmoidFunction(Function):
     """
 
     def forward(self, z):
-        """log σ(z) = min(z, 0) - log(1 + e^{-|z|}); saves z for the backward.
-
-        Hint: every exponent must be ≤ 0; ``lib.log1p`` keeps log(1 + tiny) exact.
-        """
+        """log σ(z) = min(z, 0) - log(1 + e^{-|z|}); saves z for the backward."""
         # BEGIN EXERCISE 5.4: the stable log-sigmoid
         lib = array_module(z)
         self.z = z

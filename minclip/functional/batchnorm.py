@@ -31,7 +31,6 @@ def batch_statistics(x, running_mean, running_var, momentum):
 
     where n = N·H·W: normalization divides by n, the running variance is the
     unbiased estimate (divided by n - 1). Returns (mean, var), each (C,).
-    Hint: update the arrays in place (``*=``, ``+=``): they are the module's buffers.
     """
     # BEGIN EXERCISE 3.4: batch statistics and running averages
     n = x.size // x.shape[1]

@@ -47,12 +47,6 @@ def im2col(x, kernel_size, stride, padding, dilation):
     Row (c, i, j) of cols holds pixel (c, i·d, j·d) of every patch; column
     (n, y, x) is the patch whose top-left corner is at (y·s, x·s) of image n
     after zero padding. All arguments after x are (height, width) pairs.
-
-    Hint: pad with ``xp.pad``, then ``sliding_window_view(x, window, axis=(2, 3))``
-    gives a view of every window (nothing is copied) of shape
-    (N, C, H', W', window_h, window_w); slice it with steps to apply the
-    stride and the dilation, transpose the axes into the order of cols, and
-    make that one copy with ``xp.ascontiguousarray``.
     """
     # BEGIN EXERCISE 3.1: im2col, every patch as a column
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
@@ -110,10 +104,6 @@ def col2im(cols, input_shape, kernel_size, stride, padding, dilation):
 def conv2d_as_matmul(x, weight, stride, padding, dilation):
     """The convolution of x (N, C, H, W) with weight (O, C, kh, kw) as one
     matrix product: W.reshape(O, C·kh·kw) @ im2col(x) -> (N, O, Ho, Wo).
-
-    Hint: the product is (O, N·Ho·Wo); reshape it to (O, N, Ho, Wo) and move
-    the batch axis first (a transposed view is fine: the caller copies it).
-    ``conv_output_shape`` gives (Ho, Wo).
     """
     # BEGIN EXERCISE 3.2: convolution as one matrix product
     N, _, H, W = x.shape

@@ -23,12 +23,7 @@ class LayerNormFunction(Function):
         return out
 
     def backward(self, g):
-        """Gradients (dx, dweight, dbias), None for an input that needs none.
-
-        Hint: dweight = Σ g·x̂ and dbias = Σ g over every axis but the last;
-        dx is the class docstring's formula, from the saved ``self.xhat``,
-        ``self.rstd`` = 1/√(σ² + eps) and ``self.weight``.
-        """
+        """Gradients (dx, dweight, dbias), None for an input that needs none."""
         # BEGIN EXERCISE 2.7: Layer normalization backward
         xhat, rstd = self.xhat, self.rstd
         leading = tuple(range(g.ndim - 1))

@@ -80,14 +80,7 @@ class AttentionPool2d(nn.Module):
             nn.init.normal_(layer.weight, std=embed_dim ** -0.5)
 
     def forward(self, x):
-        """x: (B, C, H, W) -> (B, output_dim).
-
-        Hint: make tokens (B, H·W, C); prepend their mean (``F.concatenate``
-        on axis 1) and add ``positional_embedding``; the query is
-        ``q_proj`` of the first token only; split heads with
-        ``F.split_heads``, attend with ``F.scaled_dot_product_attention``,
-        merge the heads back to (B, C) and apply ``c_proj``.
-        """
+        """x: (B, C, H, W) -> (B, output_dim)."""
         # BEGIN EXERCISE 4.5: attention pooling
         B, C, H, W = x.shape
         x = x.reshape(B, C, H * W).transpose(0, 2, 1)                  # (B, HW, C)
