@@ -7,7 +7,6 @@ fast path computed on the host. Tolerance: a few float32 roundings (the two
 write the same formula in a different order).
 """
 import numpy as np
-import pytest
 
 from minclip import backend
 from minclip import functional as F

@@ -22,7 +22,6 @@ receives the sum). Putting the batch inside the columns (rather than one
 product per image) makes all three products single large matrix products
 (per chunk of images, to keep the columns to a few MB: see CHUNK_BYTES).
 """
-import math
 
 from minclip.backend import array_module, backend_name, sliding_window_view
 from minclip.tensor import Function

@@ -8,6 +8,7 @@ from minclip.tensor import Function, Tensor, unbroadcast
 def _tensor(x):
     return x if isinstance(x, Tensor) else Tensor(x)
 
+
 class ConcatenateFunction(Function):
     def forward(self, *arrays, axis):
         self.axis = axis

@@ -1,4 +1,4 @@
-"""``Linear`` (y = x Wᵀ + b) and ``Embedding`` (a lookup table): the layers around ``F.linear`` and ``F.embedding``."""
+"""``Linear`` (y = x Wᵀ + b) and ``Embedding`` (a lookup table), the layers of ``F.linear`` and ``F.embedding``."""
 import math
 
 from minclip import functional as F
