@@ -8,8 +8,15 @@ so the *same lines* run on NumPy or CuPy::
     set_backend("cupy")       # or MINCLIP_BACKEND=cupy in the environment
     xp.zeros((2, 3))          # a cupy.ndarray now
 
-A Tensor remembers the library of its own array (``array_module(a)``), so ops
-on existing tensors always use the right one even if the default changes.
+One spelling per meaning, everywhere in minclip:
+
+* ``xp`` (imported from here, never rebound) is *the active backend*: use it
+  to make arrays from nothing (parameters, masks, buffers).
+* Code given arrays follows *their* library, so that a tensor moved with
+  ``.to("numpy")`` stays there even if the default changes:
+  ``array_module(a)`` for an array, ``t.xp`` for a Tensor (the same thing).
+  Call it where it is needed, or bind it to ``lib``
+  (``lib = array_module(g)``), never to ``xp``.
 
 Everything that *differs* between NumPy and CuPy lives here, once:
 scatter-add (``np.add.at`` vs ``cupyx.scatter_add``), sliding-window views

@@ -5,7 +5,7 @@ global batch. Two kinds of communication keep the N copies one model:
 
 * the **features** of every rank are all-gathered, so that each image is
   contrasted with every caption of the *global* batch (CLIP's whole point);
-  the backward of that gather is a reduce-scatter (``AllGather``);
+  the backward of that gather is a reduce-scatter (``AllGatherFunction``);
 * the **gradients** are all-reduced once per step, through one flat buffer,
   and averaged, so N ranks take exactly the step one process would take on
   the global batch (``allreduce_gradients``).
@@ -296,7 +296,7 @@ def world(cuda_aware=False):
 
 # ------------------------------------------------------------- autodiff
 
-class AllGather(Function):
+class AllGatherFunction(Function):
     """Every rank's x (B, ...) stacked in rank order: (N·B, ...), with a gradient.
 
     Backward: the output's row block r is rank r's x, and *every* rank's loss
@@ -314,8 +314,8 @@ class AllGather(Function):
 
 
 def all_gather(x, comm):
-    """``AllGather`` of a Tensor x (B, ...) -> (N·B, ...)."""
-    return AllGather.apply(x, comm=comm)
+    """``AllGatherFunction`` of a Tensor x (B, ...) -> (N·B, ...)."""
+    return AllGatherFunction.apply(x, comm=comm)
 
 
 def _local_labels(features, comm):
@@ -366,7 +366,7 @@ def allreduce_gradients(params, comm):
     """Average every gradient over the ranks, in place, with one all-reduce.
 
     Rank r's gradients are those of its local loss L_r (including, through
-    ``AllGather`` and synced batch norm, the other ranks' use of its
+    ``AllGatherFunction`` and synced batch norm, the other ranks' use of its
     activations). Their sum over ranks is the gradient of Σ_r L_r = N · L,
     so dividing by N gives the gradient of the global loss L: N ranks take
     the step of one process. All gradients travel in one flat buffer: one

@@ -33,8 +33,8 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-6, rtol=1e-4, seed=0):
         raise ValueError("gradcheck: no floating-point input to differentiate")
 
     out = fn(*tensors)
-    xp = array_module(out.data)
-    upstream = xp.asarray(xp.random.default_rng(seed).standard_normal(out.shape))   # a fixed random dL/d(out)
+    lib = array_module(out.data)
+    upstream = lib.asarray(lib.random.default_rng(seed).standard_normal(out.shape))   # a fixed random dL/d(out)
     out.backward(upstream)
 
     def loss():
@@ -42,12 +42,12 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-6, rtol=1e-4, seed=0):
 
     for i in differentiable:
         t = tensors[i]
-        analytic = t.grad if t.grad is not None else xp.zeros(t.shape)
+        analytic = t.grad if t.grad is not None else lib.zeros(t.shape)
         numeric = _numerical_gradient(loss, t, eps)
-        error = xp.abs(analytic - numeric)
-        bad = error > atol + rtol * xp.abs(numeric)
+        error = lib.abs(analytic - numeric)
+        bad = error > atol + rtol * lib.abs(numeric)
         if bad.any():
-            worst = tuple(int(j) for j in xp.unravel_index(xp.argmax(error - rtol * xp.abs(numeric)), t.shape))
+            worst = tuple(int(j) for j in lib.unravel_index(lib.argmax(error - rtol * lib.abs(numeric)), t.shape))
             relative = float(error[worst]) / max(abs(float(numeric[worst])), 1e-12)
             raise GradcheckError(
                 f"gradcheck failed for input {i} (shape {t.shape}): at index {worst} "
@@ -67,11 +67,8 @@ def _float64_leaf(x):
 def _numerical_gradient(loss, tensor, eps):
     """Central differences of ``loss()`` with respect to every element of ``tensor``.
 
-    Hint: ``tensor.data.reshape(-1)`` is a view, so writing its element j
-    perturbs the very tensor that ``loss()`` reads. For each j: set x_j + eps
-    and call ``loss()``, set x_j - eps and call it again, put x_j back, and
-    store (plus - minus) / (2 eps). Return a float64 array of the tensor's
-    shape (on its backend), and leave the tensor exactly as it was.
+    Returns a float64 array of the tensor's shape (on its backend); the tensor
+    is perturbed in place one element at a time and left exactly as it was.
     """
     # BEGIN EXERCISE 2.1: Central finite differences
     flat = tensor.data.reshape(-1)  # a view: writing it perturbs the tensor

@@ -157,13 +157,13 @@ class SGD(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov))
 
     def update_parameter(self, param, grad, state, group):
-        xp, cast = array_module(param), param.dtype.type
+        lib, cast = array_module(param), param.dtype.type
         momentum, weight_decay = group["momentum"], group["weight_decay"]
         d = grad + cast(weight_decay) * param if weight_decay else grad
         if momentum:
             buffer = state.get("momentum_buffer")
-            if buffer is None:   # xp.array: an array even for a 0-d d (NumPy gives a scalar there)
-                buffer = state["momentum_buffer"] = xp.array(d)
+            if buffer is None:   # lib.array: an array even for a 0-d d (NumPy gives a scalar there)
+                buffer = state["momentum_buffer"] = lib.array(d)
             else:
                 buffer *= cast(momentum)
                 buffer += d
@@ -193,18 +193,17 @@ class AdamW(Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     def update_parameter(self, param, grad, state, group):
-        """One AdamW step on ``param`` in place; ``state`` keeps "step", "exp_avg" (m), "exp_avg_sq" (v).
+        """One AdamW step on ``param`` in place.
 
-        Hints: start with step 0 and m = v = zeros like ``param``. Use in-place
-        ops (``param *= ...``, ``m += ...``), and cast every Python number to
-        the parameter's dtype (``param.dtype.type(x)``) so float32 stays float32.
+        ``state`` keeps "step", "exp_avg" (m) and "exp_avg_sq" (v); every Python
+        number is cast to the parameter's dtype, so float32 stays float32.
         """
         if backend_name(param) == "cupy":
             return self.update_fused(param, grad, state, group)
         # BEGIN EXERCISE 3.7: AdamW step
-        xp, cast = array_module(param), param.dtype.type
+        lib, cast = array_module(param), param.dtype.type
         if not state:
-            state.update(step=0, exp_avg=xp.zeros_like(param), exp_avg_sq=xp.zeros_like(param))
+            state.update(step=0, exp_avg=lib.zeros_like(param), exp_avg_sq=lib.zeros_like(param))
         state["step"] += 1
         t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
         lr, (beta1, beta2) = group["lr"], group["betas"]
@@ -213,15 +212,15 @@ class AdamW(Optimizer):
         m += cast(1 - beta1) * (grad - m)                            # = β1·m + (1-β1)·g
         v *= cast(beta2)
         v += cast(1 - beta2) * grad * grad
-        denom = xp.sqrt(v) / cast(math.sqrt(1 - beta2 ** t)) + cast(group["eps"])
+        denom = lib.sqrt(v) / cast(math.sqrt(1 - beta2 ** t)) + cast(group["eps"])
         param += cast(-lr / (1 - beta1 ** t)) * (m / denom)
         # END EXERCISE
 
     def update_fused(self, param, grad, state, group):
         """The same step as three fused GPU kernels (``backend.elementwise``), not ~12 launches."""
-        xp, cast = array_module(param), param.dtype.type
+        lib, cast = array_module(param), param.dtype.type
         if not state:
-            state.update(step=0, exp_avg=xp.zeros_like(param), exp_avg_sq=xp.zeros_like(param))
+            state.update(step=0, exp_avg=lib.zeros_like(param), exp_avg_sq=lib.zeros_like(param))
         state["step"] += 1
         t, lr, (beta1, beta2) = state["step"], group["lr"], group["betas"]
         m = state["exp_avg"] = first_moment_kernel(state["exp_avg"], grad, cast(1 - beta1))

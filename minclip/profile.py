@@ -7,7 +7,7 @@
     print(p.table())
 
 Inside the block every ``Function``'s forward and backward is timed and
-summed by op name (``MatMul``, ``Softmax``, ``Conv2dFunction``, ...). On the
+summed by op name (``MatMulFunction``, ``SoftmaxFunction``, ``Conv2dFunction``, ...). On the
 GPU each timing synchronizes the device first, so the numbers are real
 kernel times (and the run is slower than without profiling).
 
@@ -71,7 +71,7 @@ def watch_ops(watcher):
 
     ``run()`` does the real work and returns its result, which ``around``
     must return. An op that calls another op's method directly (a subclass
-    calling ``super().forward``) is seen once, as the outer op. Op classes
+    calling ``super().forward``) is seen once, as the outer op. Function classes
     defined inside the block are not watched.
     """
     originals = [(cls, phase, vars(cls)[phase]) for cls in _op_classes()

@@ -24,8 +24,8 @@ def ranks(similarity, matches):
     if similarity.shape != matches.shape:
         raise ValueError(f"ranks: similarity {similarity.shape} and matches {matches.shape} differ in shape: "
                          f"retrieval needs N images and N texts, pair i together, and one group id per pair")
-    xp = array_module(similarity)
-    best_match = xp.where(matches, similarity, -xp.inf).max(axis=1, keepdims=True)   # (N, 1)
+    lib = array_module(similarity)
+    best_match = lib.where(matches, similarity, -lib.inf).max(axis=1, keepdims=True)   # (N, 1)
     return 1 + ((similarity >= best_match) & ~matches).sum(axis=1)                    # (N,)
 
 
@@ -37,14 +37,14 @@ def retrieval_metrics(image_features, text_features, groups=None, ks=(1, 5, 10))
     """
     # BEGIN EXERCISE 7.2: Recall@K in both directions
     similarity = image_features @ text_features.T                     # (N images, N texts)
-    xp = array_module(similarity)
-    groups = xp.arange(len(similarity)) if groups is None else xp.asarray(groups)
+    lib = array_module(similarity)
+    groups = lib.arange(len(similarity)) if groups is None else lib.asarray(groups)
     matches = groups[:, None] == groups[None, :]                      # (N, N)
     metrics = {}
     for name, sim in (("image_to_text", similarity), ("text_to_image", similarity.T)):
         r = ranks(sim, matches)
         metrics[f"{name}_mean_rank"] = float(r.mean())
-        metrics[f"{name}_median_rank"] = float(xp.median(r))
+        metrics[f"{name}_median_rank"] = float(lib.median(r))
         for k in ks:
             metrics[f"{name}_R@{k}"] = float((r <= k).mean())
     return metrics

@@ -15,8 +15,9 @@ back to the leaves, and adds each gradient into the leaves' ``.grad``
 (accumulating across calls, as in PyTorch). Each op's saved arrays are
 released as soon as its backward has run.
 
-The elementwise and shape ops live here, as Tensor methods; the composite and
-fused ops (softmax, layer norm, cross-entropy, ...) live in ``functional.py``.
+The elementwise and shape ops live here, as Tensor methods (``AddFunction``
+behind ``a + b``, ...); every other differentiable function (softmax, layer
+norm, conv2d, ...) lives in ``minclip.functional``, the index of them all.
 """
 import math
 import numbers
@@ -58,10 +59,6 @@ def unbroadcast(grad, shape):
     If ``x`` of shape (3, 1) was broadcast to (5, 3, 4), each element of x was
     used 5·4 times, so its gradient is the sum over the new leading axis and
     over the stretched axis of size 1.
-
-    Hint: the first ``grad.ndim - len(shape)`` axes were added in front; sum
-    them, and (keepdims) every axis where ``shape`` has 1 but ``grad`` does
-    not; then reshape to ``shape``. Return ``grad`` itself if nothing changed.
     """
     # BEGIN EXERCISE 2.4: The backward of broadcasting
     if grad.shape == shape:
@@ -191,7 +188,7 @@ class Tensor:
 
     def astype(self, dtype):
         """Cast to ``dtype`` (differentiable: the gradient is cast back)."""
-        return Cast.apply(self, dtype=dtype)
+        return CastFunction.apply(self, dtype=dtype)
 
     # -------------------------------------------------------------- backward
     def backward(self, grad=None, retain_graph=False):
@@ -200,17 +197,8 @@ class Tensor:
         ``grad`` is dL/d(self); it defaults to 1 for a scalar. Leaf tensors
         accumulate into ``.grad``. Unless ``retain_graph``, each op drops its
         saved arrays after use, so the graph does not outlive this call.
-
-        Hint: raise RuntimeError if ``self`` does not require a grad, or if
-        ``grad`` is omitted for a non-scalar. Keep a dict id(tensor) -> its
-        gradient so far, starting with {id(self): grad}, and visit
-        ``reversed(_topological_order(self))``. A leaf (``_ctx`` None), or a
-        tensor that asked to ``_retain_grad``, adds its gradient into ``.grad``
-        (copy the first one: it may be a read-only view). Otherwise
-        ``_ctx.backward(g)`` returns one gradient per tensor in
-        ``_ctx.parents`` (None: nothing to pass); *add* each into the dict,
-        because a tensor used twice receives two gradients. Then set
-        ``node._ctx = None`` unless ``retain_graph``.
+        A RuntimeError says why when ``self`` needs no gradient, or when
+        ``grad`` is omitted for a tensor that is not a scalar.
         """
         # BEGIN EXERCISE 2.3: The backward pass
         if not self.requires_grad:
@@ -254,45 +242,45 @@ class Tensor:
         return Tensor.from_array(self.xp.asarray(other, dtype=dtype))
 
     def __add__(self, other):
-        return Add.apply(self, self._wrap(other))
+        return AddFunction.apply(self, self._wrap(other))
 
     def __radd__(self, other):
-        return Add.apply(self._wrap(other), self)
+        return AddFunction.apply(self._wrap(other), self)
 
     def __sub__(self, other):
-        return Sub.apply(self, self._wrap(other))
+        return SubFunction.apply(self, self._wrap(other))
 
     def __rsub__(self, other):
-        return Sub.apply(self._wrap(other), self)
+        return SubFunction.apply(self._wrap(other), self)
 
     def __mul__(self, other):
-        return Mul.apply(self, self._wrap(other))
+        return MulFunction.apply(self, self._wrap(other))
 
     def __rmul__(self, other):
-        return Mul.apply(self._wrap(other), self)
+        return MulFunction.apply(self._wrap(other), self)
 
     def __truediv__(self, other):
-        return Div.apply(self, self._wrap(other))
+        return DivFunction.apply(self, self._wrap(other))
 
     def __rtruediv__(self, other):
-        return Div.apply(self._wrap(other), self)
+        return DivFunction.apply(self._wrap(other), self)
 
     def __matmul__(self, other):
-        return MatMul.apply(self, self._wrap(other))
+        return MatMulFunction.apply(self, self._wrap(other))
 
     def __rmatmul__(self, other):
-        return MatMul.apply(self._wrap(other), self)
+        return MatMulFunction.apply(self._wrap(other), self)
 
     def __pow__(self, exponent):
         if isinstance(exponent, Tensor):
             raise TypeError("Tensor ** Tensor is not supported: the exponent must be a number")
-        return Pow.apply(self, exponent=exponent)
+        return PowFunction.apply(self, exponent=exponent)
 
     def __neg__(self):
-        return Neg.apply(self)
+        return NegFunction.apply(self)
 
     def __getitem__(self, index):
-        return GetItem.apply(self, index=_plain_index(index))
+        return GetItemFunction.apply(self, index=_plain_index(index))
 
     # comparisons give plain (non-differentiable) boolean tensors
     def _compare(self, other, op):
@@ -319,24 +307,24 @@ class Tensor:
 
     # ------------------------------------------------------------ reductions
     def sum(self, axis=None, keepdims=False):
-        return Sum.apply(self, axis=axis, keepdims=keepdims)
+        return SumFunction.apply(self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis=None, keepdims=False):
         count = self.size if axis is None else math.prod(self.shape[a] for a in _axes(axis))
         return self.sum(axis=axis, keepdims=keepdims) * (1.0 / int(count))
 
     def max(self, axis=None, keepdims=False):
-        return Max.apply(self, axis=axis, keepdims=keepdims)
+        return MaxFunction.apply(self, axis=axis, keepdims=keepdims)
 
     # ---------------------------------------------------------------- shapes
     def reshape(self, *shape):
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        return Reshape.apply(self, shape=tuple(shape))
+        return ReshapeFunction.apply(self, shape=tuple(shape))
 
     def transpose(self, *axes):
         """Permute axes (all of them reversed when none are given), as NumPy."""
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
-        return Transpose.apply(self, axes=tuple(axes) if axes else None)
+        return TransposeFunction.apply(self, axes=tuple(axes) if axes else None)
 
     @property
     def T(self):
@@ -349,22 +337,22 @@ class Tensor:
 
     # ---------------------------------------------------------- elementwise
     def exp(self):
-        return Exp.apply(self)
+        return ExpFunction.apply(self)
 
     def log(self):
-        return Log.apply(self)
+        return LogFunction.apply(self)
 
     def sqrt(self):
-        return Sqrt.apply(self)
+        return SqrtFunction.apply(self)
 
     def tanh(self):
-        return Tanh.apply(self)
+        return TanhFunction.apply(self)
 
     def sigmoid(self):
-        return Sigmoid.apply(self)
+        return SigmoidFunction.apply(self)
 
     def relu(self):
-        return ReLU.apply(self)
+        return ReLUFunction.apply(self)
 
 
 def _axes(axis):
@@ -386,12 +374,6 @@ def _topological_order(root):
     An iterative depth-first search: a node is appended after all its
     parents, so walking the list backwards visits each node only after every
     node that uses it has passed its gradient down.
-
-    Hint: a stack of (node, parents_done) pairs. Popping (node, False) the
-    first time, push (node, True) and then each parent that requires a grad;
-    popping (node, True) means its parents are all in ``order``: append it.
-    Follow ``node._ctx.parents``; a leaf has ``_ctx`` None. Mark nodes
-    visited by ``id`` so that a shared parent is listed once.
     """
     # BEGIN EXERCISE 2.2: Topological order of the graph
     order, visited, stack = [], set(), [(root, False)]
@@ -414,7 +396,7 @@ def _topological_order(root):
 
 # ================================================================ the ops
 
-class Add(Function):
+class AddFunction(Function):
     def forward(self, a, b):
         self.shapes = a.shape, b.shape
         return a + b
@@ -423,7 +405,7 @@ class Add(Function):
         return unbroadcast(g, self.shapes[0]), unbroadcast(g, self.shapes[1])
 
 
-class Sub(Function):
+class SubFunction(Function):
     def forward(self, a, b):
         self.shapes = a.shape, b.shape
         return a - b
@@ -432,7 +414,7 @@ class Sub(Function):
         return unbroadcast(g, self.shapes[0]), unbroadcast(-g, self.shapes[1])
 
 
-class Mul(Function):
+class MulFunction(Function):
     def forward(self, a, b):
         self.a, self.b = a, b
         return a * b
@@ -444,7 +426,7 @@ class Mul(Function):
         return ga, gb
 
 
-class Div(Function):
+class DivFunction(Function):
     def forward(self, a, b):
         self.a, self.b = a, b
         return a / b
@@ -456,7 +438,7 @@ class Div(Function):
         return ga, gb
 
 
-class Neg(Function):
+class NegFunction(Function):
     def forward(self, a):
         return -a
 
@@ -464,7 +446,7 @@ class Neg(Function):
         return (-g,)
 
 
-class Pow(Function):
+class PowFunction(Function):
     """x ** p for a constant p: d/dx = p · x^(p-1)."""
 
     def forward(self, a, exponent):
@@ -477,7 +459,7 @@ class Pow(Function):
         return (g * self.p * self.a ** (self.p - 1),)
 
 
-class MatMul(Function):
+class MatMulFunction(Function):
     """a @ b with NumPy's rules (batched, broadcast, 1-D vectors).
 
     For C = A·B: dL/dA = dL/dC · Bᵀ and dL/dB = Aᵀ · dL/dC, summed over any
@@ -489,13 +471,8 @@ class MatMul(Function):
         return a @ b
 
     def backward(self, g):
-        """dL/da = g @ bᵀ, dL/db = aᵀ @ g, each unbroadcast to its input's shape.
-
-        Hint: two 1-D vectors give a scalar g (the gradients are g·b and g·a).
-        Otherwise treat a 1-D ``a`` as (1, K) and a 1-D ``b`` as (K, 1), add
-        the matching size-1 axis to g, and reshape the results back. Compute
-        only the gradients that ``self.needs_grad`` asks for (None otherwise).
-        """
+        """dL/da = g @ bᵀ, dL/db = aᵀ @ g, each unbroadcast to its input's shape (a 1-D input
+        is a row or a column, as in ``a @ b``)."""
         # BEGIN EXERCISE 2.5: Matrix multiplication backward
         a, b = self.a, self.b
         if a.ndim == 1 and b.ndim == 1:
@@ -513,7 +490,7 @@ class MatMul(Function):
         # END EXERCISE
 
 
-class Cast(Function):
+class CastFunction(Function):
     def forward(self, a, dtype):
         self.dtype = a.dtype
         return a.astype(dtype)
@@ -522,7 +499,7 @@ class Cast(Function):
         return (g.astype(self.dtype),)
 
 
-class GetItem(Function):
+class GetItemFunction(Function):
     """x[index]: the gradient flows back into the selected places.
 
     Advanced (integer-array) indexing may select a place twice, so its
@@ -534,8 +511,8 @@ class GetItem(Function):
         return a[index]
 
     def backward(self, g):
-        xp = array_module(g)
-        grad = xp.zeros(self.shape, dtype=self.dtype)
+        lib = array_module(g)
+        grad = lib.zeros(self.shape, dtype=self.dtype)
         if _is_basic_index(self.index):
             grad[self.index] = g
         else:
@@ -548,19 +525,19 @@ def _is_basic_index(index):
     return all(i is None or i is Ellipsis or isinstance(i, (numbers.Integral, slice)) for i in items)
 
 
-class Sum(Function):
+class SumFunction(Function):
     def forward(self, a, axis, keepdims):
         self.shape, self.axis, self.keepdims = a.shape, axis, keepdims
         return a.sum(axis=axis, keepdims=keepdims)
 
     def backward(self, g):
-        xp = array_module(g)
+        lib = array_module(g)
         if self.axis is not None and not self.keepdims:
-            g = xp.expand_dims(g, self.axis)
-        return (xp.broadcast_to(g, self.shape),)
+            g = lib.expand_dims(g, self.axis)
+        return (lib.broadcast_to(g, self.shape),)
 
 
-class Max(Function):
+class MaxFunction(Function):
     """The maximum; its gradient is shared equally between tied maxima (as torch.amax)."""
 
     def forward(self, a, axis, keepdims):
@@ -578,7 +555,7 @@ class Max(Function):
         return (mask * g,)
 
 
-class Reshape(Function):
+class ReshapeFunction(Function):
     def forward(self, a, shape):
         self.shape = a.shape
         return a.reshape(shape)
@@ -587,7 +564,7 @@ class Reshape(Function):
         return (g.reshape(self.shape),)
 
 
-class Transpose(Function):
+class TransposeFunction(Function):
     def forward(self, a, axes):
         out = a.transpose(axes)
         self.axes = None if axes is None else tuple(ax % a.ndim for ax in axes)  # -1 -> ndim-1 for argsort
@@ -600,7 +577,7 @@ class Transpose(Function):
         return (g.transpose(inverse),)
 
 
-class Exp(Function):
+class ExpFunction(Function):
     def forward(self, a):
         self.out = array_module(a).exp(a)
         return self.out
@@ -609,7 +586,7 @@ class Exp(Function):
         return (g * self.out,)
 
 
-class Log(Function):
+class LogFunction(Function):
     def forward(self, a):
         self.a = a
         return array_module(a).log(a)
@@ -618,7 +595,7 @@ class Log(Function):
         return (g / self.a,)
 
 
-class Sqrt(Function):
+class SqrtFunction(Function):
     def forward(self, a):
         self.out = array_module(a).sqrt(a)
         return self.out
@@ -627,7 +604,7 @@ class Sqrt(Function):
         return (g / (2 * self.out),)
 
 
-class Tanh(Function):
+class TanhFunction(Function):
     def forward(self, a):
         self.out = array_module(a).tanh(a)
         return self.out
@@ -643,15 +620,15 @@ def stable_sigmoid(a):
     the right limit, so the overflow warning is silenced rather than avoided
     with a slower two-branch formula (3x faster, and exact).
     """
-    xp = array_module(a)
+    lib = array_module(a)
     with backend.ignore_overflow():
-        s = xp.negative(a, out=xp.empty_like(a))   # an array even for 0-d input
-        xp.exp(s, out=s)
+        s = lib.negative(a, out=lib.empty_like(a))   # an array even for 0-d input
+        lib.exp(s, out=s)
     s += 1
-    return xp.reciprocal(s, out=s)
+    return lib.reciprocal(s, out=s)
 
 
-class Sigmoid(Function):
+class SigmoidFunction(Function):
     def forward(self, a):
         self.out = stable_sigmoid(a)
         return self.out
@@ -660,7 +637,7 @@ class Sigmoid(Function):
         return (g * self.out * (1 - self.out),)
 
 
-class ReLU(Function):
+class ReLUFunction(Function):
     """max(x, 0); the gradient passes where the output is positive."""
 
     def forward(self, a):

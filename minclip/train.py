@@ -17,7 +17,7 @@ Flags follow open_clip's names. Everything a run produces goes to
 Data-parallel across N processes: ``mpiexec -n N python -m mpi4py -m
 minclip.train ...`` (docs/distributed.md). ``--batch-size`` is then per
 process; every rank takes its block of each global batch, the loss is the
-global-batch loss through ``AllGather``, the gradients are averaged between
+global-batch loss through ``AllGatherFunction``, the gradients are averaged between
 backward and clipping, and only rank 0 writes files and evaluates.
 """
 import argparse

@@ -40,12 +40,7 @@ def encode_images(model, dataset, batch_size=256):
 
 
 def zero_shot_classifier(model, classnames, templates, tokenizer):
-    """One unit vector per class from a prompt ensemble: shape (C, E).
-
-    Hint: for each class, fill every template with its name, embed the
-    prompts with ``encode_texts`` (rows already normalized), average them,
-    and divide the mean by its own norm.
-    """
+    """One unit vector per class from a prompt ensemble: shape (C, E)."""
     # BEGIN EXERCISE 7.1: the zero-shot classifier from prompt templates
     weights = []
     for name in classnames:
@@ -63,10 +58,6 @@ def topk_accuracy(logits, labels, ks=(1, 5)):
     A tie with the true class counts against it (the true class must beat
     every class ranked above it), so a constant classifier scores 0, not 1.
     ``logits`` (N, C), ``labels`` (N,) ints; returns ``{k: accuracy}``.
-
-    Hint: the rank of the true class is the number of classes whose logit
-    is at least the true one (itself included); a row counts for k when its
-    rank is at most k.
     """
     # BEGIN EXERCISE 7.3: top-k accuracy, ties counted against
     logits, labels = backend.to_numpy(logits), backend.to_numpy(labels)

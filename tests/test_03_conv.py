@@ -9,16 +9,17 @@ Agreement is measured as the relative error max|ours - torch| / max|torch|
 and must stay below RTOL: 1e-8 in float64 and 1e-4 in float32. (Measured:
 about 1e-15 and 1e-7; a real mistake, such as a patch read from the wrong
 place, gives errors near 1.) If a comparison fails, the message names the
-quantity; look at ``minclip/nn/conv.py``, ``pool.py`` or ``batchnorm.py``.
+quantity; look at ``minclip/functional/conv.py``, ``pool.py`` or ``batchnorm.py``.
 """
 import numpy as np
 import pytest
 
 from minclip import backend, nn
+from minclip import functional as F
 from minclip.gradcheck import gradcheck
-from minclip.nn import conv
-from minclip.nn.batchnorm import batch_statistics
-from minclip.nn.conv import col2im, im2col
+from minclip.functional import conv
+from minclip.functional.batchnorm import batch_statistics
+from minclip.functional.conv import col2im, im2col
 from minclip.tensor import Tensor
 from support.compare import host, assert_allclose, assert_array_equal
 
@@ -192,7 +193,7 @@ def test_conv2d_in_chunks_of_the_batch_matches_torch(torch, case, monkeypatch):
 def test_conv2d_gradcheck(stride, padding):
     """Backward against finite differences, for the input, the weight and the bias."""
     x, weight, bias = random((2, 2, 5, 6)), random((3, 2, 3, 3), seed=1), random((3,), seed=2)
-    assert gradcheck(lambda x, w, b: nn.conv2d(x, w, b, stride=stride, padding=padding), x, weight, bias)
+    assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, stride=stride, padding=padding), x, weight, bias)
 
 
 def test_conv2d_parameters_are_pytorchs(torch):
@@ -214,7 +215,7 @@ def test_conv2d_names_shapes_in_errors():
     with pytest.raises(ValueError, match=r"Conv2d\(3→64, k=3\): expected input \(N, 3, H, W\), got \(8, 4, 32, 32\)"):
         nn.Conv2d(3, 64, 3)(Tensor(np.zeros((8, 4, 32, 32), dtype="float32")))
     with pytest.raises(ValueError, match="smaller than the 3×3 kernel"):
-        nn.conv2d(Tensor(np.zeros((1, 1, 2, 2))), Tensor(np.zeros((1, 1, 3, 3))))
+        F.conv2d(Tensor(np.zeros((1, 1, 2, 2))), Tensor(np.zeros((1, 1, 3, 3))))
 
 
 # ------------------------------------------------------------------ pooling
@@ -237,7 +238,7 @@ def test_adaptive_avg_pool2d_matches_torch(torch, dtype, output_size, size):
 
 
 def test_avg_pool2d_gradcheck():
-    assert gradcheck(lambda x: nn.avg_pool2d(x, 3, 2), random((2, 2, 7, 6)))
+    assert gradcheck(lambda x: F.avg_pool2d(x, 3, 2), random((2, 2, 7, 6)))
 
 
 def test_adaptive_avg_pool2d_refuses_sizes_that_do_not_divide():
@@ -311,7 +312,7 @@ def test_batch_norm_cumulative_average_when_momentum_is_none(torch):
 def test_batch_norm_gradcheck(training):
     running_mean, running_var = backend.asarray(np.zeros(3)), backend.asarray(np.ones(3))
     x, weight, bias = random((2, 3, 3, 4)), random(3, seed=1), random(3, seed=2)
-    assert gradcheck(lambda x, w, b: nn.batch_norm(x, running_mean, running_var, w, b, training=training),
+    assert gradcheck(lambda x, w, b: F.batch_norm(x, running_mean, running_var, w, b, training=training),
                      x, weight, bias)
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from minclip import Tensor, gradcheck
-from minclip.loss import (SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE, clip_loss, log_sigmoid,
+from minclip.functional import log_sigmoid
+from minclip.loss import (SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE, clip_loss,
                           siglip_loss, similarity_logits)
 from support.compare import assert_allclose
 

@@ -17,7 +17,7 @@ for why not array by array):
   says data parallelism adds no error beyond float32's own.
 
 The pieces are checked alone too, on thread-ranks in one process (no MPI
-needed): AllGather's backward is the adjoint of its forward; the local losses
+needed): AllGatherFunction's backward is the adjoint of its forward; the local losses
 of 3 ranks average to the global loss, with its gradients (and without the
 reduce-scatter they do not); one rank's local loss is the ordinary loss and
 passes a gradient check; synced batch norm is batch norm of the whole batch.
@@ -41,7 +41,7 @@ import pytest
 
 from minclip import backend, train
 from minclip.backend import to_numpy
-from minclip.distributed import (AllGather, SingleProcess, all_gather, allreduce_gradients, local_clip_loss,
+from minclip.distributed import (AllGatherFunction, SingleProcess, all_gather, allreduce_gradients, local_clip_loss,
                                  local_siglip_loss, run_threads, world)
 from minclip.gradcheck import gradcheck
 from minclip.loss import clip_loss, siglip_loss
@@ -164,13 +164,13 @@ def test_local_losses_average_to_the_global_loss_with_its_gradient(loss):
 
 @pytest.mark.parametrize("loss", ["clip", "siglip"])
 def test_a_gather_without_its_reduce_scatter_gets_the_wrong_gradient(loss, monkeypatch):
-    """A plain slice as AllGather's backward keeps only this rank's loss's gradient for its
+    """A plain slice as AllGatherFunction's backward keeps only this rank's loss's gradient for its
     features (the bug the reduce-scatter prevents): the text features' gradients come out wrong."""
     def sliced(self, g):
         b = g.shape[0] // self.comm.size
         return (g[self.comm.rank * b:(self.comm.rank + 1) * b],)
 
-    monkeypatch.setattr(AllGather, "backward", sliced)
+    monkeypatch.setattr(AllGatherFunction, "backward", sliced)
     (_, grads), (_, expected_grads) = _local_and_global(loss)
     assert np.abs(grads[1] - expected_grads[1]).max() > 0.1 * np.abs(expected_grads[1]).max()
 

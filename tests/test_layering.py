@@ -1,4 +1,5 @@
-"""The package's layers: lower ones never import higher ones, and imports sit at the top.
+"""The package's layers: lower ones never import higher ones, and imports sit at the top;
+and the one index of differentiable functions, ``minclip.functional``, with its naming rule.
 
 The order is the one written in docs/ARCHITECTURE.md (the line that starts
 with ``backend <``), so the document and the code cannot drift apart. Each
@@ -6,10 +7,15 @@ module of ``minclip`` is parsed (not imported) and every ``minclip`` import
 in it, anywhere in the file, must name a part at or below its own.
 """
 import ast
+import importlib
 import os
 import re
 
 import pytest
+
+from minclip import functional as F
+from minclip import nn
+from minclip.tensor import Function
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "minclip")
@@ -97,3 +103,46 @@ def test_imports_of_minclip_sit_at_the_top_of_the_file(path, module):
                     if not top and (path, name) not in LOCAL_IMPORTS_ALLOWED})
     assert not local, (f"{path} imports {local} inside a function; imports go at the top of the file "
                        f"(an import that only works late hides a cycle between layers)")
+
+
+# ------------------------------------------------------- the index of functions
+
+def function_classes():
+    """Every ``Function`` subclass defined in minclip, after importing every module of the package."""
+    for _, module in MODULES:
+        importlib.import_module(module)
+    found, todo = [], [Function]
+    while todo:
+        for cls in todo.pop().__subclasses__():
+            if cls.__module__.startswith("minclip."):
+                found.append(cls)
+            todo.append(cls)
+    return found
+
+
+def test_every_function_is_in_the_index_or_is_a_tensor_method():
+    """``minclip.functional`` (F) indexes every differentiable function; the engine's own ops
+    (tensor.py) are Tensor methods and operators, and communication ops sit with the
+    communicator (distributed.py, above F's layer). Nothing else defines a Function."""
+    homes = {"minclip.tensor", "minclip.distributed"}
+    for cls in function_classes():
+        if cls.__module__ in homes:
+            continue
+        assert cls.__module__.startswith("minclip.functional."), \
+            f"{cls.__module__}.{cls.__name__}: a Function goes in minclip/functional/ (a layer calls it from F)"
+        assert getattr(F, cls.__name__, None) is cls, \
+            f"{cls.__module__}.{cls.__name__} is missing from minclip/functional/__init__.py's index"
+
+
+def test_function_classes_end_in_function_and_never_share_a_module_name():
+    """The naming rule of CONTRIBUTING.md: ``SoftmaxFunction`` is the op, ``nn.Softmax`` would be the layer."""
+    functions = function_classes()
+    misnamed = sorted(f"{cls.__module__}.{cls.__name__}" for cls in functions if not cls.__name__.endswith("Function"))
+    assert not misnamed, f"Function classes must end in 'Function' (CONTRIBUTING.md), got {misnamed}"
+    modules = {cls.__name__ for cls in _subclasses(nn.Module)}
+    shared = sorted(modules & {cls.__name__ for cls in functions})
+    assert not shared, f"{shared} name both a Function and an nn Module"
+
+
+def _subclasses(cls):
+    return {cls}.union(*(_subclasses(sub) for sub in cls.__subclasses__()))

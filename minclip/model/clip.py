@@ -86,14 +86,7 @@ class CLIP(nn.Module):
         return self.visual(images)
 
     def encode_text(self, ids):
-        """Token ids (B, T), EOT the highest id of each row -> text features (B, embed_dim), not normalized.
-
-        Hint: check the ids (``check_token_ids``), add the token embeddings
-        and the first T positional embeddings, run the Transformer with the
-        causal mask, apply ``ln_final``; then gather one row per caption with
-        advanced indexing, ``x[arange(B), ids.argmax(-1)]``, and project it
-        with ``text_projection``.
-        """
+        """Token ids (B, T), EOT the highest id of each row -> text features (B, embed_dim), not normalized."""
         # BEGIN EXERCISE 4.4: end-of-text pooling
         ids = check_token_ids(ids, self.config.context_length, self.config.vocab_size, like=self.text_projection.data)
         B, T = ids.shape

@@ -93,10 +93,6 @@ class CLIPConfig:
         as width // 64. ``overrides`` set what shapes cannot tell (e.g.
         ``transformer_heads`` of a tiny model, ``activation``, ``tokenizer``).
         A ``logit_bias`` key means a SigLIP model.
-
-        Hint: write ``shape(key)`` and ``count_blocks(prefix)`` helpers first:
-        the blocks of ``transformer.resblocks.3.ln_1.weight`` are numbered by
-        the key's piece right after the prefix.
         """
         # BEGIN EXERCISE 4.6: the configuration from an OpenAI state dict
         def shape(key):

@@ -79,27 +79,17 @@ class AttentionPool2d(nn.Module):
         for layer in (self.q_proj, self.k_proj, self.v_proj, self.c_proj):
             nn.init.normal_(layer.weight, std=embed_dim ** -0.5)
 
-    def _split_heads(self, x):
-        B, T, C = x.shape
-        return x.reshape(B, T, self.num_heads, C // self.num_heads).transpose(0, 2, 1, 3)  # (B, heads, T, d)
-
     def forward(self, x):
-        """x: (B, C, H, W) -> (B, output_dim).
-
-        Hint: make tokens (B, H·W, C); prepend their mean (``F.concatenate``
-        on axis 1) and add ``positional_embedding``; the query is
-        ``q_proj`` of the first token only; split heads with
-        ``_split_heads``, attend with ``F.scaled_dot_product_attention``,
-        merge the heads back to (B, C) and apply ``c_proj``.
-        """
+        """x: (B, C, H, W) -> (B, output_dim)."""
         # BEGIN EXERCISE 4.5: attention pooling
         B, C, H, W = x.shape
         x = x.reshape(B, C, H * W).transpose(0, 2, 1)                  # (B, HW, C)
         x = F.concatenate([x.mean(axis=1, keepdims=True), x], axis=1)  # (B, 1 + HW, C)
         x = x + self.positional_embedding
-        q = self._split_heads(self.q_proj(x[:, :1]))                   # (B, heads, 1, d)
-        k = self._split_heads(self.k_proj(x))                          # (B, heads, 1 + HW, d)
-        v = self._split_heads(self.v_proj(x))
+        heads = self.num_heads
+        q = F.split_heads(self.q_proj(x[:, :1]), heads)                # (B, heads, 1, d)
+        k = F.split_heads(self.k_proj(x), heads)                       # (B, heads, 1 + HW, d)
+        v = F.split_heads(self.v_proj(x), heads)
         out = F.scaled_dot_product_attention(q, k, v)                  # (B, heads, 1, d)
         return self.c_proj(out.reshape(B, C))                          # one query: merging heads is a reshape
         # END EXERCISE

@@ -29,8 +29,6 @@ def causal_mask(size, like=None):
     array library and dtype of ``like`` (an array), so that a model moved to
     the GPU or cast to float64 needs no mask of its own; building it costs
     microseconds next to the Transformer it masks.
-
-    Hint: ``triu(full((n, n), -inf), k=1)`` keeps -inf strictly above the diagonal.
     """
     # BEGIN EXERCISE 4.3: causal mask
     lib = xp if like is None else array_module(like)

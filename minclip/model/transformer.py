@@ -46,11 +46,7 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(d_model)
 
     def forward(self, x, attn_mask=None):
-        """x: (B, T, D) -> (B, T, D). ``attn_mask``: additive (T, T), e.g. causal.
-
-        Hint: ``self.attn`` returns ``(output, weights)``; add each branch's
-        output back onto ``x`` (the residual), normalizing its *input* first.
-        """
+        """x: (B, T, D) -> (B, T, D). ``attn_mask``: additive (T, T), e.g. causal."""
         # BEGIN EXERCISE 4.2: residual attention block
         x = x + self.attn(self.ln_1(x), attn_mask=attn_mask)[0]       # (B, T, D)
         x = x + self.mlp(self.ln_2(x))                                # (B, T, D)

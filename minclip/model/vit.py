@@ -39,14 +39,7 @@ class VisionTransformer(nn.Module):
         self.proj = normal_parameter((width, output_dim), scale)
 
     def embed(self, images):
-        """Images (B, 3, H, W) -> the Transformer's input tokens (B, 1 + g², width).
-
-        Hint: ``conv1`` gives (B, width, g, g); make it one token per patch,
-        (B, g², width); put the class embedding in front of every image's
-        tokens (``F.concatenate`` along axis 1; a (B, 1, width) copy of it is
-        ``class_embedding + zeros((B, 1, width))``) and add the positional
-        embedding.
-        """
+        """Images (B, 3, H, W) -> the Transformer's input tokens (B, 1 + g², width)."""
         # BEGIN EXERCISE 4.1: patches to tokens
         x = self.conv1(images)                                        # (B, D, g, g)
         B, D = x.shape[:2]

@@ -16,7 +16,7 @@ CLIP weights): ``in_proj_weight`` (3D, D) stacks W_q, W_k, W_v;
 from minclip import functional as F
 from minclip.backend import xp
 from minclip.nn import init
-from minclip.nn.linear import Linear, linear
+from minclip.nn.linear import Linear
 from minclip.nn.module import Module, Parameter
 from minclip.tensor import Tensor
 
@@ -36,16 +36,6 @@ class MultiheadAttention(Module):
         if bias:
             init.zeros_(self.out_proj.bias)
 
-    def _split_heads(self, x):
-        """(B, T, D) -> (B, H, T, d): head h gets features h·d to (h+1)·d - 1 of every token.
-
-        Hint: a reshape to (B, T, H, d), then move the head axis before T.
-        """
-        # BEGIN EXERCISE 3.6: multi-head split
-        B, T, _ = x.shape
-        return x.reshape(B, T, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, H, T, d)
-        # END EXERCISE
-
     def forward(self, query, key=None, value=None, attn_mask=None, need_weights=False):
         """Attend from ``query`` to ``key``/``value`` (self-attention when they are omitted).
 
@@ -61,18 +51,12 @@ class MultiheadAttention(Module):
         self.check_input(key, 3, (D,), f"(B, T, {D})")
         self.check_input(value, 3, (D,), f"(B, T, {D})")
         q, k, v = self._project(query, key, value)                                 # (B, T, D) each
-        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # (B, H, T, d)
+        H = self.num_heads
+        q, k, v = F.split_heads(q, H), F.split_heads(k, H), F.split_heads(v, H)    # (B, H, T, d)
         mask = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
-        if not need_weights:
-            out = F.scaled_dot_product_attention(q, k, v, mask)                    # (B, H, Tq, d)
-            weights = None
-        else:
-            scores = (q * (self.head_dim ** -0.5)) @ k.swapaxes(-1, -2)            # (B, H, Tq, Tk)
-            probs = F.softmax(scores if mask is None else scores + mask, axis=-1)
-            out, weights = probs @ v, probs.mean(axis=1)
-        B, _, Tq, _ = out.shape
-        out = out.transpose(0, 2, 1, 3).reshape(B, Tq, D)                           # (B, Tq, D)
-        return self.out_proj(out), weights
+        probs = F.attention_weights(q, k, mask)                                    # (B, H, Tq, Tk)
+        out = F.merge_heads(probs @ v)                                             # (B, Tq, D)
+        return self.out_proj(out), probs.mean(axis=1) if need_weights else None
 
     def _project(self, query, key, value):
         """q, k, v: each input times its third of ``in_proj_weight`` (plus bias).
@@ -83,7 +67,7 @@ class MultiheadAttention(Module):
         small for the weight and large for the activations.
         """
         D, w, b = self.embed_dim, self.in_proj_weight, self.in_proj_bias
-        return tuple(linear(x, w[i * D:(i + 1) * D], None if b is None else b[i * D:(i + 1) * D])
+        return tuple(F.linear(x, w[i * D:(i + 1) * D], None if b is None else b[i * D:(i + 1) * D])
                      for i, x in enumerate((query, key, value)))
 
     def extra_repr(self):

@@ -1,62 +1,6 @@
-"""Average pooling: ``AvgPool2d`` and ``AdaptiveAvgPool2d``.
-
-Average pooling is a convolution of each channel on its own with a constant
-kh×kw kernel of 1/(kh·kw). So it reuses the convolution's machinery: im2col
-(treating each channel as a one-channel image), then a mean over each
-column instead of a matrix product. The backward shares each window's
-gradient equally among its kh·kw pixels, which is col2im of g/(kh·kw).
-
-CLIP's ModifiedResNet uses ``AvgPool2d(2)`` and ``AvgPool2d(stride)``, where
-windows tile the image (kernel = stride); col2im is then a mere reshape.
-"""
-from minclip.backend import array_module
-from minclip.nn.conv import as_pair, col2im, conv_output_size, im2col
+"""Average pooling layers, ``AvgPool2d`` and ``AdaptiveAvgPool2d``; the maths is in ``F``."""
+from minclip import functional as F
 from minclip.nn.module import Module
-from minclip.tensor import Function
-
-_NO_PADDING, _NO_DILATION = (0, 0), (1, 1)
-
-
-class AvgPool2dFunction(Function):
-    def forward(self, x, kernel_size, stride):
-        N, C, H, W = x.shape
-        self.x_shape, self.kernel_size, self.stride = x.shape, kernel_size, stride
-        Ho = conv_output_size(H, kernel_size[0], stride[0], 0, 1)
-        Wo = conv_output_size(W, kernel_size[1], stride[1], 0, 1)
-        cols = im2col(x.reshape(N * C, 1, H, W), kernel_size, stride, _NO_PADDING, _NO_DILATION)  # (kh·kw, N·C·Ho·Wo)
-        return cols.mean(axis=0).reshape(N, C, Ho, Wo)
-
-    def backward(self, g):
-        N, C, H, W = self.x_shape
-        kh, kw = self.kernel_size
-        share = g.reshape(1, -1) * (1.0 / (kh * kw))                       # each pixel's share of its window
-        cols = array_module(g).broadcast_to(share, (kh * kw, share.size))  # (kh·kw, N·C·Ho·Wo), not copied
-        grad = col2im(cols, (N * C, 1, H, W), self.kernel_size, self.stride, _NO_PADDING, _NO_DILATION)
-        return (grad.reshape(N, C, H, W),)
-
-
-def avg_pool2d(x, kernel_size, stride=None):
-    """The mean of each kh×kw window of x (N, C, H, W), moving by ``stride``
-    (default: the kernel size, so that windows tile the image) -> (N, C, Ho, Wo)."""
-    kernel_size = as_pair(kernel_size)
-    stride = kernel_size if stride is None else as_pair(stride)
-    if x.ndim != 4 or x.shape[2] < kernel_size[0] or x.shape[3] < kernel_size[1]:
-        raise ValueError(f"avg_pool2d: expected input (N, C, H, W) with H ≥ {kernel_size[0]} and "
-                         f"W ≥ {kernel_size[1]} (the kernel), got {x.shape}")
-    return AvgPool2dFunction.apply(x, kernel_size=kernel_size, stride=stride)
-
-
-def adaptive_avg_pool2d(x, output_size):
-    """Average x (N, C, H, W) down to (N, C, *output_size) with equal, non-overlapping windows.
-
-    PyTorch also allows sizes that do not divide the input (with uneven
-    windows); minclip supports the divisible case, which is what CLIP needs.
-    """
-    oh, ow = as_pair(output_size)
-    if x.ndim != 4 or x.shape[2] % oh or x.shape[3] % ow:
-        raise ValueError(f"adaptive_avg_pool2d: input {x.shape} cannot be split into {oh}×{ow} equal windows; "
-                         f"minclip supports output sizes that divide the input's height and width")
-    return avg_pool2d(x, (x.shape[2] // oh, x.shape[3] // ow))
 
 
 class AvgPool2d(Module):
@@ -69,7 +13,7 @@ class AvgPool2d(Module):
 
     def forward(self, x):
         self.check_input(x, 4, (), "(N, C, H, W)")
-        return avg_pool2d(x, self.kernel_size, self.stride)
+        return F.avg_pool2d(x, self.kernel_size, self.stride)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
@@ -84,7 +28,7 @@ class AdaptiveAvgPool2d(Module):
 
     def forward(self, x):
         self.check_input(x, 4, (), "(N, C, H, W)")
-        return adaptive_avg_pool2d(x, self.output_size)
+        return F.adaptive_avg_pool2d(x, self.output_size)
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
