@@ -175,14 +175,15 @@ def torch_tower_trainer(tower, images, text, logit_scale):
 
 # ------------------------------------------------------------ the cases
 
-def config_of(case):
+def config_of(case, **overrides):
     spec = CASES[case]
-    return CLIPConfig.preset(spec["preset"], **spec["overrides"])
+    return CLIPConfig.preset(spec["preset"], **{**spec["overrides"], **overrides})
 
 
-def build(case, library="both"):
-    """{"ours", "theirs": callables (None for a side not asked for), "verify": () -> check dict}."""
-    spec, config = CASES[case], config_of(case)
+def build(case, library="both", batch=None, **overrides):
+    """{"ours", "theirs": callables (None for a side not asked for), "verify": () -> check dict};
+    ``batch`` and config ``overrides`` change the case's (bench_scaling.py's sweeps)."""
+    spec, config = {**CASES[case], "batch": batch or CASES[case]["batch"]}, config_of(case, **overrides)
     backend.seed(0)
     model = CLIP(config)
     want_ours, want_theirs = library in ("both", "minclip"), library in ("both", "torch")
@@ -264,10 +265,11 @@ def image_case(model, spec, want_ours, want_theirs):
             "verify": lambda: {"output": float(f"{common.check_close('image features', ours(), theirs()):.2e}")}}
 
 
-def run(case, reps, memory=True, with_profile=False):
+def run(case, reps, memory=True, with_profile=False, batch=None, **overrides):
     """Check, time (and measure, profile) one case; returns its result dict."""
-    spec, built = CASES[case], build(case)
-    result = {"case": case, "reference": spec["reference"], "batch": spec["batch"], "config": config_of(case).to_dict(),
+    spec, built = CASES[case], build(case, batch=batch, **overrides)
+    result = {"case": case, "reference": spec["reference"], "batch": batch or spec["batch"],
+              "config": config_of(case, **overrides).to_dict(),
               "attention": attention_implementation() if spec["reference"] == "clipmodel" else None,
               "check": built["verify"]()}
     return common.timed_case(result, built["ours"], built["theirs"], reps, __file__, memory, with_profile)
