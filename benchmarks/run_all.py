@@ -1,6 +1,6 @@
 """Run the whole benchmark suite and check it against the speed targets.
 
-    python benchmarks/run_all.py [--threads 2] [--keep-openblas-env] [--tokenizer]
+    python benchmarks/run_all.py [--threads 2] [--keep-openblas-env] [--tokenizer] [--targets-only]
 
 Runs, each in its own process: bench_train_step.py, bench_inference.py,
 bench_reference.py (against transformers.CLIPModel and open_clip's
@@ -15,6 +15,8 @@ variables (OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE), which some machines set
 for older OpenBLAS builds and which slow a current NumPy, are removed for the
 run by re-executing this script without them (recorded in the summary);
 ``--keep-openblas-env`` keeps them. Tests and CI never change them.
+``--targets-only`` runs nothing: it prints the table of targets from the
+results already in benchmarks/results/ (for a benchmark rerun on its own).
 """
 import json
 import os
@@ -93,11 +95,22 @@ def target_rows(results_path):
     return rows
 
 
+def print_targets(rows, threads_text):
+    print(f"\n=== targets (ratio minclip / reference: median, fastest calls; {threads_text})")
+    for row in rows:
+        verdict = "" if row["met"] is None else ("met" if row["met"] else "MISSED")
+        target = "" if row["target"] is None else f"<= {row['target']}"
+        fastest = "" if row["fastest"] is None else f"{row['fastest']:.2f}"
+        print(f"{row['what']:<38}{row['value']:>7.2f}{fastest:>7}  {target:<8}{verdict:<8}{row['detail']}")
+
+
 def main():
     without_openblas_tuning()
     threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "2"
     env = {**os.environ, "MINCLIP_BENCH_THREADS": threads}
     suite = SUITE + ([("tokenizer", "bench_tokenizer.py", [])] if "--tokenizer" in sys.argv else [])
+    if "--targets-only" in sys.argv:
+        suite = []
     start = time.perf_counter()
     walls = {}
     for name, script, args in suite:
@@ -109,17 +122,13 @@ def main():
     os.environ["MINCLIP_BENCH_THREADS"] = threads
     import common                                     # after the run, with the run's thread count
     rows = target_rows(common.results_path)
-    print(f"\n=== targets (ratio minclip / reference: median, fastest calls; {common.threads_text()})")
-    for row in rows:
-        verdict = "" if row["met"] is None else ("met" if row["met"] else "MISSED")
-        target = "" if row["target"] is None else f"<= {row['target']}"
-        fastest = "" if row["fastest"] is None else f"{row['fastest']:.2f}"
-        print(f"{row['what']:<38}{row['value']:>7.2f}{fastest:>7}  {target:<8}{verdict:<8}{row['detail']}")
+    print_targets(rows, common.threads_text())
+    if not suite:
+        return
     print(f"\nwhole suite: {total:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in walls.items())})")
     removed = json.loads(os.environ.get(REMOVED, "{}"))
     common.write_results("summary", {"wall_s": total, "benchmark_wall_s": walls, "targets": rows,
                                      "openblas_tuning_removed": removed})
-
 
 if __name__ == "__main__":
     main()
