@@ -64,22 +64,29 @@ def minclip_trainer(model, images, ids):
     return lambda: train_step(model, optimizer, images, ids, loss_name="clip", clip_norm=MAX_NORM)
 
 
-def torch_trainer(twin, images, ids, device="cpu"):
-    """The same step in PyTorch, in the same order (loss, zero_grad, backward, clip, step, clamp)."""
-    optimizer = torch.optim.AdamW(param_groups_for_weight_decay(twin.named_parameters(), WEIGHT_DECAY),
-                                  lr=LR, betas=BETAS, eps=EPS)
-    images, ids = torch.from_numpy(images).to(device), torch.from_numpy(ids).to(device)
+def torch_step(module, loss_of, param_groups, logit_scale=None):
+    """One PyTorch training step of ``module`` in minclip's order: the loss ``loss_of()``,
+    zero_grad, backward, clip, AdamW, and the clamp of ``logit_scale`` if there is one."""
+    optimizer = torch.optim.AdamW(param_groups, lr=LR, betas=BETAS, eps=EPS)
 
     def step():
-        loss = torch_clip.clip_loss(*twin(images, ids))
+        loss = loss_of()
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(twin.parameters(), MAX_NORM)
+        torch.nn.utils.clip_grad_norm_(module.parameters(), MAX_NORM)
         optimizer.step()
-        with torch.no_grad():
-            twin.logit_scale.clamp_(max=LOGIT_SCALE_MAX)
+        if logit_scale is not None:
+            with torch.no_grad():
+                logit_scale.clamp_(max=LOGIT_SCALE_MAX)
         return loss.item()
     return step
+
+
+def torch_trainer(twin, images, ids, device="cpu"):
+    """The same step in PyTorch on OpenAI's model (``torch_clip.py``)."""
+    images, ids = torch.from_numpy(images).to(device), torch.from_numpy(ids).to(device)
+    groups = param_groups_for_weight_decay(twin.named_parameters(), WEIGHT_DECAY)
+    return torch_step(twin, lambda: torch_clip.clip_loss(*twin(images, ids)), groups, twin.logit_scale)
 
 
 def build(config, batch, library="both"):
@@ -93,10 +100,15 @@ def build(config, batch, library="both"):
     return model, twin, ours, theirs
 
 
-def verified_first_step(model, twin, ours, theirs):
-    """Run one step on each side and check that both computed the same loss and gradients."""
+def verified_first_step(model, twin, ours, theirs, their_gradients=None):
+    """Run one step on each side and check that both computed the same loss and gradients.
+
+    ``their_gradients(twin)``: the reference's gradients under minclip's parameter names,
+    for a reference that names its parameters differently (default: the same names).
+    """
     check = {"loss": common.check_close("loss", ours(), theirs())}
-    expected = {name: p.grad.numpy() for name, p in twin.named_parameters()}
+    expected = (their_gradients(twin) if their_gradients else
+                {name: p.grad.numpy() for name, p in twin.named_parameters()})
     floor = GRAD_FLOOR * max(np.abs(g).max() for g in expected.values())
     check["gradients"] = max(common.check_close(f"gradient of {name}", p.grad, expected[name], GRAD_TOLERANCE, floor)
                              for name, p in model.named_parameters())
