@@ -40,7 +40,7 @@ run() {  # run NAME COMMAND...: log to OUT/NAME.log, add a line to the report, g
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu: /' >> "$report"
 python -c "import cupy; print('cupy:', cupy.__version__)" >> "$report" 2>&1
 run tests_cupy env MINCLIP_BACKEND=cupy timeout 200 python -m pytest -q -p no:cacheprovider \
-    --ignore=tests/test_notebooks.py --ignore=tests/test_08_exercises.py --ignore=tests/test_10_cupy_standin.py
+    --ignore=tests/test_notebooks.py --ignore=tests/test_exercises_tool.py --ignore=tests/test_gpu_standin.py
 run parity timeout 40 python benchmarks/gpu_parity.py --against cupy --out "$out/parity.json"
 train=(python -m minclip.train --backend cupy --train-num-samples 2048 --epochs 2 --logs "$out/logs"
        --name gpu-smoke --no-progress)

@@ -4,7 +4,7 @@ Each device->host copy stalls a GPU until its queue drains, so a training
 step may make only two: the id range check (once, on the host copy of the
 ids when there is one) and one read of the loss with the logit scale (the
 loop's ``with_scale=True``); nothing from clipping or the convolutions. The stand-in counts them; these
-tests run in CI's second pass (``test_10_cupy_standin.py``), where
+tests run in CI's second pass (``test_gpu_standin.py``), where
 ``MINCLIP_BACKEND=cupy`` means the stand-in.
 """
 import math
@@ -18,7 +18,7 @@ from minclip.optim import AdamW
 
 pytestmark = pytest.mark.skipif(
     backend.get_backend() != "cupy" or not __import__("cupy").__file__.endswith("tests/support/cupy/__init__.py"),
-    reason="counts device->host syncs with the CuPy stand-in: runs in the stand-in pass (test_10_cupy_standin.py)")
+    reason="counts device->host syncs with the CuPy stand-in: runs in the stand-in pass (test_gpu_standin.py)")
 
 MAX_SYNCS_PER_STEP = 2
 

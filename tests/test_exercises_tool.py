@@ -1,4 +1,4 @@
-"""Chapter 8, the course tooling: exercise markers, the student edition, progress and grading.
+"""The course tooling: exercise markers, the student edition, progress and grading.
 
 Most tests build a tiny project in a temporary folder (a package with two
 exercises, their tests and a notebook) so that they do not depend on the state

@@ -9,7 +9,7 @@ and the speed (``benchmarks/gpu_check.sh``).
 Left out of the second pass, with the reason:
 * ``test_01_tokenizer.py``: tokenizing runs on the host, with no array of the backend;
 * ``test_notebooks.py``: the notebooks teach on NumPy and are run in the first pass;
-* ``test_08_exercises.py``: it checks the course tooling (export, grading),
+* ``test_exercises_tool.py``: it checks the course tooling (export, grading),
   which does not depend on the backend, and would double the time;
 * this file itself (it would recurse).
 """
@@ -23,7 +23,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).parent.parent
 SUPPORT = ROOT / "tests" / "support"
-SKIPPED_HERE = ("tests/test_01_tokenizer.py", "tests/test_notebooks.py", "tests/test_08_exercises.py", "tests/test_10_cupy_standin.py")
+SKIPPED_HERE = ("tests/test_01_tokenizer.py", "tests/test_notebooks.py", "tests/test_exercises_tool.py", "tests/test_gpu_standin.py")
 
 pytestmark = pytest.mark.skipif(os.environ.get("MINCLIP_BACKEND") == "cupy",
                                 reason="this already is a CuPy run: it must not start another")
