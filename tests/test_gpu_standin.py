@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 import pytest
+from support.exercise_wait import wait_for_unsolved_exercise
 
 ROOT = pathlib.Path(__file__).parent.parent
 SUPPORT = ROOT / "tests" / "support"
@@ -50,6 +51,8 @@ def test_the_standin_is_imported_and_not_the_real_cupy():
 def test_the_whole_suite_passes_on_the_standin():
     ignores = [f"--ignore={name}" for name in SKIPPED_HERE]
     result = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=short", *ignores], 1500)
+    if result.returncode != 0:   # in the student edition the second pass stops where the first does
+        wait_for_unsolved_exercise(result.stdout, "the stand-in pass")
     assert result.returncode == 0, f"the suite fails on the CuPy stand-in:\n{result.stdout[-6000:]}{result.stderr[-2000:]}"
 
 
@@ -57,6 +60,7 @@ def test_train_and_resume_with_backend_cupy(tmp_path):
     common = ["-m", "minclip.train", "--backend", "cupy", "--train-num-samples", "256", "--batch-size", "32",
               "--epochs", "2", "--logs", str(tmp_path), "--name", "standin", "--no-progress", "--no-eval"]
     first = run([*common, "--max-steps", "5"], 600)
+    wait_for_unsolved_exercise(first.stderr, "python -m minclip.train --backend cupy")
     assert first.returncode == 0, first.stderr[-3000:]
     resumed = run([*common, "--resume", "latest"], 600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
