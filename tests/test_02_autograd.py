@@ -27,7 +27,7 @@ import minclip.functional as F
 from minclip import Tensor, backend, no_grad
 from minclip.gradcheck import GradcheckError, _numerical_gradient, gradcheck
 from minclip.tensor import Function, _topological_order, unbroadcast
-from support.compare import host, array_equal, assert_allclose, assert_array_equal
+from support.compare import array_equal, assert_allclose, assert_array_equal
 
 # Agreement with PyTorch, forward values and every input gradient. Measured on
 # 50 random inputs per op: in float64 every difference was below 1e-14; in
@@ -341,7 +341,7 @@ def test_topological_order_lists_each_tensor_once_after_its_parents():
 
 @pytest.mark.exercise("2.2")
 def test_topological_order_of_a_deep_chain_does_not_recurse():
-    x = y = Tensor([1.0], requires_grad=True)
+    y = Tensor([1.0], requires_grad=True)
     for _ in range(10_000):
         y = -y
     assert len(_topological_order(y)) == 10_001, "use an explicit stack: recursion stops near 1,000 levels"
