@@ -15,6 +15,7 @@ import pytest
 
 from minclip.exercises import (MarkerError, Problem, check, export, find_regions, grade, project_files, restore,
                                run_tests, verify)
+from minclip.exercises.check import exercise_test_files
 from minclip.exercises.hints import load_hints
 from minclip.exercises.leaks import find_leaks
 from minclip.exercises.__main__ import main
@@ -394,6 +395,11 @@ def test_this_repository_has_a_section_and_a_check_cell_for_every_exercise():
         if f'check("{region.id}")' not in code:
             problems.append(f'{region.id}: no check("{region.id}") cell in {path.name}')
     assert not problems, "\n".join(problems)
+
+
+def test_this_repository_check_finds_the_tests_of_every_exercise():
+    missing = [region.id for region in find_regions(REPO) if not exercise_test_files(region.id, REPO)]
+    assert not missing, f"check() would find no test file for exercises {missing}"
 
 
 def test_this_repository_ships_no_solution_outside_its_regions():

@@ -4,6 +4,7 @@ The tests run in a fresh ``python -m pytest`` process (the notebook's kernel
 keeps old imports; a new process sees the code as it is on disk now), and a
 failure prints its first line, not a traceback, so the notebook goes on.
 """
+import re
 from pathlib import Path
 
 from minclip.exercises.grading import NEEDS_ANOTHER
@@ -18,8 +19,7 @@ def check(exercise_id, root=PROJECT, timeout=120.0):
     if not (Path(root) / "tests").is_dir():
         print(f"exercise {exercise_id}: no tests/ folder in {root}: check() needs the course's project folder")
         return False
-    marker = f'exercise("{exercise_id}")'
-    files = [str(path) for path in sorted((Path(root) / "tests").glob("test_*.py")) if marker in path.read_text()]
+    files = exercise_test_files(exercise_id, root)
     if not files:
         print(f"exercise {exercise_id}: no test is marked with it (is the id right?)")
         return False
@@ -39,3 +39,10 @@ def check(exercise_id, root=PROJECT, timeout=120.0):
     else:
         print(f"exercise {exercise_id}: done ({passed}/{len(tests)} tests pass)")
     return bool(tests) and not (run.errors or failed or blocked)
+
+
+def exercise_test_files(exercise_id, root=PROJECT):
+    """The test files that mark a test with EXERCISE_ID: ``@pytest.mark.exercise("2.3")``, or a
+    helper given ``exercise="2.3"`` that marks the tests it makes (only these files are run)."""
+    marker = re.compile(rf"""exercise(\(|=)\s*["']{re.escape(exercise_id)}["']""")
+    return [str(path) for path in sorted((Path(root) / "tests").glob("test_*.py")) if marker.search(path.read_text())]
