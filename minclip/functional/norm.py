@@ -1,5 +1,5 @@
 """Normalizations over the feature axis, fused: ``layer_norm`` and ``normalize`` (L2)."""
-from minclip.backend import array_module
+from minclip.backend import array_module, backend_name, elementwise
 from minclip.tensor import Function
 
 
@@ -12,6 +12,8 @@ class LayerNormFunction(Function):
     """
 
     def forward(self, x, weight, bias, eps):
+        if backend_name(x) == "cupy":
+            return self.forward_fused(x, weight, bias, eps)
         lib = array_module(x)
         xhat = x - x.mean(axis=-1, keepdims=True)                    # (..., D), centred
         var = lib.einsum("...d,...d->...", xhat, xhat)[..., None] / x.shape[-1]   # no (..., D) temporary
@@ -24,6 +26,8 @@ class LayerNormFunction(Function):
 
     def backward(self, g):
         """Gradients (dx, dweight, dbias), None for an input that needs none."""
+        if backend_name(g) == "cupy":
+            return self.backward_fused(g)
         # BEGIN EXERCISE 2.7: Layer normalization backward
         xhat, rstd = self.xhat, self.rstd
         leading = tuple(range(g.ndim - 1))
@@ -38,6 +42,59 @@ class LayerNormFunction(Function):
             gx *= rstd
         return gx, gw, gb
         # END EXERCISE
+
+    # The GPU path: the same math, each elementwise chain one fused kernel.
+    # cupy.fuse compiles at most one reduction per kernel, and only at its end
+    # (a reduced value cannot be broadcast back over the rows it came from),
+    # so the row reductions (μ, Σ(x - μ)², Σĝ, Σĝx̂) stay separate calls and
+    # each chain between them is one kernel. Array-library calls (each a
+    # launch on a GPU): forward 6 instead of 11, backward 8 instead of 11,
+    # with the chain ĝ - mean ĝ - x̂·mean(ĝx̂) writing one (..., D) array
+    # instead of two temporaries and an in-place result.
+
+    def forward_fused(self, x, weight, bias, eps):
+        """``forward`` with the elementwise chains fused (``backend.elementwise``)."""
+        lib, cast = array_module(x), x.dtype.type
+        xc = x - x.mean(axis=-1, keepdims=True)                            # (..., D)
+        squares = lib.einsum("...d,...d->...", xc, xc)[..., None]          # (..., 1) Σ (x - μ)²
+        self.rstd = rstd_kernel(squares, cast(1 / x.shape[-1]), cast(eps))  # (..., 1)
+        self.xhat, out = affine_norm_kernel(xc, self.rstd, weight, bias)   # (..., D) each
+        self.weight = weight
+        return out
+
+    def backward_fused(self, g):
+        """``backward`` with dx = (ĝ - mean ĝ - x̂ · mean(ĝ x̂)) / σ as one kernel."""
+        lib, xhat = array_module(g), self.xhat
+        leading = tuple(range(g.ndim - 1))
+        gw = (g * xhat).sum(axis=leading) if self.needs_grad[1] else None
+        gb = g.sum(axis=leading) if self.needs_grad[2] else None
+        gx = None
+        if self.needs_grad[0]:
+            ghat = g * self.weight                                         # (..., D)
+            sum_ghat = ghat.sum(axis=-1, keepdims=True)                    # (..., 1)
+            sum_ghat_xhat = lib.einsum("...d,...d->...", ghat, xhat)[..., None]
+            gx = layer_norm_grad_kernel(ghat, xhat, sum_ghat, sum_ghat_xhat, self.rstd,
+                                        g.dtype.type(1 / g.shape[-1]))
+        return gx, gw, gb
+
+
+@elementwise
+def rstd_kernel(squares, inv_d, eps):
+    """1 / √(Σ(x - μ)² / D + eps), per row."""
+    return 1 / array_module(squares).sqrt(squares * inv_d + eps)
+
+
+@elementwise
+def affine_norm_kernel(xc, rstd, weight, bias):
+    """(x̂, x̂ · w + b) with x̂ = (x - μ) / σ: both outputs of one kernel."""
+    xhat = xc * rstd
+    return xhat, xhat * weight + bias
+
+
+@elementwise
+def layer_norm_grad_kernel(ghat, xhat, sum_ghat, sum_ghat_xhat, rstd, inv_d):
+    """(ĝ - Σĝ/D - x̂ · Σ(ĝx̂)/D) / σ."""
+    return (ghat - (sum_ghat + xhat * sum_ghat_xhat) * inv_d) * rstd
 
 
 def layer_norm(x, weight, bias, eps=1e-5):

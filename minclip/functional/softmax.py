@@ -4,9 +4,43 @@ Built from primitives, each would record several nodes, keep every
 intermediate array alive until backward, and (the naive
 ``exp(x) / exp(x).sum()``) overflow for large x. One node with a closed-form
 backward is faster, lighter and numerically stable.
+
+On CuPy the elementwise chains between the reductions are fused GPU kernels
+(``backend.elementwise``); NumPy keeps its in-place code. cupy.fuse compiles
+at most one reduction per kernel, and only at its end (a row's max or sum
+cannot be broadcast back over the row in the same kernel), so the max and
+the sums stay separate calls. What that saves per call, counted as
+array-library calls (each a launch on a GPU): softmax forward 4 instead of
+5, backward 3 instead of 4; log-softmax forward 4 instead of 6, backward 2
+instead of 4. All but the softmax forward (in place already) also write one
+or two (..., C) temporaries fewer.
 """
-from minclip.backend import array_module
+from minclip.backend import array_module, backend_name, elementwise
 from minclip.tensor import Function, Tensor
+
+
+@elementwise
+def exp_shifted_kernel(x, m):
+    """exp(x - max x): the shifted exponentials of softmax and log-softmax."""
+    return array_module(x).exp(x - m)
+
+
+@elementwise
+def softmax_grad_kernel(y, g, gy):
+    """y · (g - Σ g·y), with the sum ``gy`` computed outside."""
+    return y * (g - gy)
+
+
+@elementwise
+def log_softmax_kernel(x, m, total):
+    """(x - max x) - log Σ exp(x - max x), with the max and the sum computed outside."""
+    return (x - m) - array_module(total).log(total)
+
+
+@elementwise
+def log_softmax_grad_kernel(g, y, g_total):
+    """g - softmax(x) · Σ g, with softmax(x) = exp(y) recomputed from the saved output."""
+    return g - array_module(y).exp(y) * g_total
 
 
 class SoftmaxFunction(Function):
@@ -17,6 +51,8 @@ class SoftmaxFunction(Function):
     """
 
     def forward(self, x, axis):
+        if backend_name(x) == "cupy":
+            return self.forward_fused(x, axis)
         lib = array_module(x)
         self.axis = axis
         e = x - x.max(axis=axis, keepdims=True)
@@ -27,10 +63,24 @@ class SoftmaxFunction(Function):
 
     def backward(self, g):
         """dL/dx = y · (g - Σ g·y) along ``self.axis``, from the saved output ``self.y``."""
+        if backend_name(g) == "cupy":
+            return self.backward_fused(g)
         # BEGIN EXERCISE 2.6: Softmax backward
         y = self.y
         return (y * (g - (g * y).sum(axis=self.axis, keepdims=True)),)
         # END EXERCISE
+
+    def forward_fused(self, x, axis):
+        """``forward`` as max, one fused exp(x - max), sum, divide in place."""
+        self.axis = axis
+        e = exp_shifted_kernel(x, x.max(axis=axis, keepdims=True))
+        e /= e.sum(axis=axis, keepdims=True)
+        self.y = e
+        return e
+
+    def backward_fused(self, g):
+        """``backward`` as the sum Σ g·y and one fused y · (g - Σ g·y)."""
+        return (softmax_grad_kernel(self.y, g, (g * self.y).sum(axis=self.axis, keepdims=True)),)
 
 
 def softmax(x, axis=-1):
@@ -52,9 +102,17 @@ def _log_softmax(x, axis):
     stay exact for huge x: in float32, 1e4 - (1e4 + log 2) loses the last
     digits of log 2, while (1e4 - 1e4) - log 2 does not.
     """
+    if backend_name(x) == "cupy":
+        return _log_softmax_fused(x, axis)
     lib = array_module(x)
     shifted = x - x.max(axis=axis, keepdims=True)
     return shifted - lib.log(lib.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def _log_softmax_fused(x, axis):
+    """``_log_softmax`` as max, sum of one fused exp(x - max), one fused (x - max) - log Σ."""
+    m = x.max(axis=axis, keepdims=True)
+    return log_softmax_kernel(x, m, exp_shifted_kernel(x, m).sum(axis=axis, keepdims=True))
 
 
 class LogSoftmaxFunction(Function):
@@ -66,8 +124,14 @@ class LogSoftmaxFunction(Function):
         return self.y
 
     def backward(self, g):
+        if backend_name(g) == "cupy":
+            return self.backward_fused(g)
         lib = array_module(g)
         return (g - lib.exp(self.y) * g.sum(axis=self.axis, keepdims=True),)
+
+    def backward_fused(self, g):
+        """``backward`` as the sum Σ g and one fused g - exp(y) · Σ g."""
+        return (log_softmax_grad_kernel(g, self.y, g.sum(axis=self.axis, keepdims=True)),)
 
 
 def log_softmax(x, axis=-1):
