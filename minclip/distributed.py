@@ -93,6 +93,9 @@ class SingleProcess(Communicator):
     def allgather_objects(self, obj):
         return [obj]
 
+    def __repr__(self):   # the default of train()'s comm: a stable name in help() and signatures
+        return "SingleProcess()"
+
 
 def _contiguous(x):
     """x itself, or a C-contiguous copy (``ascontiguousarray`` would turn a 0-d array into 1-d)."""
