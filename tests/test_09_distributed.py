@@ -238,7 +238,9 @@ def _cli(*ranks, timeout=300):
         command += [":"] * (command[-1] != command[0]) + ["-n", "1", sys.executable, "-m", "mpi4py", "-m",
                                                           "minclip.train", "--no-progress", *flags]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    wait_for_unsolved_exercise(done.stderr, "the training CLI under mpiexec")   # the student edition
+    return done
 
 
 def _losses(run_dir):
@@ -313,6 +315,7 @@ def test_resume_on_another_world_size_is_one_clear_line(tmp_path):
              "--logs", str(tmp_path)]
     one = subprocess.run([sys.executable, "-m", "minclip.train", "--no-progress", *flags],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    wait_for_unsolved_exercise(one.stderr, "python -m minclip.train")
     assert one.returncode == 0, one.stderr
     done = _cli(*[[*flags, "--batch-size", "8", "--max-steps", "2", "--resume", "latest"]] * 2, timeout=120)
     ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]

@@ -25,6 +25,7 @@ import numpy
 API = json.loads(open(os.path.join(os.path.dirname(__file__), os.pardir, "cupy_api.json")).read())
 VERSION = API["cupy_version"]
 _SUPPORT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPOSITORY = os.path.dirname(os.path.dirname(_SUPPORT))    # call sites are named from here, whatever the cwd
 
 syncs = collections.Counter()
 calls = collections.Counter()
@@ -45,7 +46,7 @@ def _site():
 
 @functools.lru_cache(maxsize=None)
 def _relative(path):
-    return os.path.relpath(path)
+    return os.path.relpath(path, _REPOSITORY)
 
 
 def count_call():
