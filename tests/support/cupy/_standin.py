@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import sys
+import threading
 
 import numpy
 
@@ -29,7 +30,12 @@ _REPOSITORY = os.path.dirname(os.path.dirname(_SUPPORT))    # call sites are nam
 
 syncs = collections.Counter()
 calls = collections.Counter()
-_fused = 0  # > 0 inside a cupy.fuse function: its operations are one launch
+_local = threading.local()  # .fused > 0 inside a cupy.fuse function: its operations are one launch
+                            # (per thread: thread-ranks run fused kernels at the same time)
+
+
+def _in_fuse():
+    return getattr(_local, "fused", 0) > 0
 
 
 def reset():
@@ -50,7 +56,7 @@ def _relative(path):
 
 
 def count_call():
-    if not _fused:
+    if not _in_fuse():
         calls[_site()] += 1
 
 
@@ -60,12 +66,11 @@ def count_sync():
 
 @contextlib.contextmanager
 def fused():
-    global _fused
-    _fused += 1
+    _local.fused = getattr(_local, "fused", 0) + 1
     try:
         yield
     finally:
-        _fused -= 1
+        _local.fused -= 1
 
 
 def unwrap(value):
@@ -113,7 +118,7 @@ def function(name, target, params, host_ok=False, fusable=False):
     may run: the elementwise subset every fused kernel can compile.
     """
     def call(*args, **kwargs):
-        if _fused and not fusable:
+        if _in_fuse() and not fusable:
             raise TypeError(f"{name}() inside a cupy.fuse function: the stand-in allows only ufuncs and operators")
         check_keywords(name, params, kwargs)
         count_call()
