@@ -225,6 +225,38 @@ def sliding_window_view(x, window_shape, axis):
     return cupy.lib.stride_tricks.as_strided(x, shape=tuple(shape) + tuple(window_shape), strides=strides)
 
 
+_plain_only = False
+
+
+class plain_paths:
+    """Context manager: every op runs its plain formula, none of the fast paths beside it.
+
+    Several ops keep a fast path next to their plain (course) formula: fused
+    GPU kernels (``elementwise``) and, on NumPy, passes over cache-sized row
+    blocks spread over threads (``minclip.blocked``). Tests compare the two
+    under this switch, and the tests of an exercise run under it, so that
+    they grade the learner's formula and not the fast path beside it.
+    """
+
+    def __enter__(self):
+        global _plain_only
+        self._previous, _plain_only = _plain_only, True
+
+    def __exit__(self, *exc):
+        global _plain_only
+        _plain_only = self._previous
+
+
+def fast_paths():
+    """False inside ``plain_paths()``: whether an op may take its fast path."""
+    return not _plain_only
+
+
+def fused(array):
+    """Whether an op on ``array`` takes its fused GPU kernels: on CuPy, outside ``plain_paths()``."""
+    return not _plain_only and array_module(array) is not numpy
+
+
 def elementwise(fn):
     """Decorator for a chain of elementwise math, written once for both backends.
 

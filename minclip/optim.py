@@ -21,7 +21,7 @@ scalar is cast to that dtype first, so float32 never becomes float64.
 import math
 
 from minclip import backend
-from minclip.backend import array_module, backend_name, elementwise, xp
+from minclip.backend import array_module, elementwise, fused, xp
 from minclip.tensor import Tensor
 
 
@@ -198,7 +198,7 @@ class AdamW(Optimizer):
         ``state`` keeps "step", "exp_avg" (m) and "exp_avg_sq" (v); every Python
         number is cast to the parameter's dtype, so float32 stays float32.
         """
-        if backend_name(param) == "cupy":
+        if fused(param):
             return self.update_fused(param, grad, state, group)
         # BEGIN EXERCISE 3.7: AdamW step
         lib, cast = array_module(param), param.dtype.type

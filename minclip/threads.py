@@ -7,6 +7,9 @@ module is imported first by ``minclip/__init__.py``), a process launched by
 MPI gets cores ÷ ranks-on-this-machine threads, unless the user has set
 ``OMP_NUM_THREADS`` (or a BLAS-specific variable) already. A process not
 launched by MPI is left alone.
+
+``cpu_threads()`` reads that choice back, for the threads that minclip's
+own CPU passes use (``minclip.blocked``).
 """
 import os
 
@@ -30,3 +33,12 @@ _threads = threads_per_rank()
 if _threads is not None:
     for _name in _THREAD_VARIABLES:
         os.environ[_name] = str(_threads)
+
+
+def cpu_threads(environ=os.environ):
+    """How many threads this process's NumPy work may use: the BLAS thread count the
+    user (or MPI, above) chose, else one per core this process may run on."""
+    for name in _THREAD_VARIABLES:
+        if environ.get(name, "").isdigit() and int(environ[name]) > 0:
+            return int(environ[name])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,79 @@
+"""Passes over cache-sized blocks of rows, spread over threads: the CPU's fused kernel.
+
+NumPy runs one operation at a time over a whole array. A chain of five
+elementwise operations on a (8320, 1024) float32 activation (34 MB) reads and
+writes main memory five times, on one core, while PyTorch fuses the chain and
+runs it on every core. ``over_rows`` gets most of that back with NumPy
+alone:
+
+* the arrays are cut into blocks of rows of about ``BLOCK_BYTES``, so the
+  chain's temporaries and in-place steps stay in the core's L2 cache and each
+  array crosses main memory about once;
+* the blocks are shared among ``threads.cpu_threads()`` threads. NumPy
+  releases Python's lock inside its loops, so the threads really run at once.
+
+Measured on 2 cores, QuickGELU's forward on (8320, 1024) float32: 51 ms as
+``x * sigmoid(1.702 x)``, 34 ms as in-place NumPy over the whole array,
+16 ms over blocks of 256 rows in two threads.
+
+Each block's result depends only on its own rows, and partial results (the
+column sums of a backward) come back in row order, so the answer does not
+depend on the number of threads. Ops use this only on NumPy, for arrays of at
+least two blocks, outside ``backend.plain_paths()``: see ``worth_it``.
+"""
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from minclip import backend
+from minclip.threads import cpu_threads
+
+BLOCK_BYTES = 256 * 1024      # one input block; a chain's few blocks together fit in a 1-2 MB L2 cache
+
+_pool = []                    # the ThreadPoolExecutor, made on first use
+_inside = threading.local()   # set while a thread runs a block: a block is never split again
+
+
+def worth_it(array):
+    """Whether an op on ``array`` should take its blocked fast path: NumPy, fast paths on,
+    at least two blocks' worth of data, and not already inside a block."""
+    return (backend.fast_paths() and backend.backend_name(array) == "numpy"
+            and array.nbytes >= 2 * BLOCK_BYTES and not getattr(_inside, "active", False))
+
+
+def over_rows(kernel, *arrays):
+    """``kernel(*blocks)`` for every block of rows of ``arrays``; the list of what it returned, in row order.
+
+    ``arrays`` are 2-D with the same number of rows (a per-row statistic is
+    (N, 1)); each call gets the same rows of every one. The kernel writes its
+    row results into blocks of output arrays passed among ``arrays`` (the
+    blocks are views) and returns whatever is per block, such as a partial
+    column sum, or None.
+    """
+    rows = len(arrays[0])
+    step = max(1, BLOCK_BYTES // max(1, arrays[0][:1].nbytes))
+    starts = list(range(0, rows, step))
+    threads = min(cpu_threads(), len(starts))
+
+    def run(share):                        # one thread's consecutive blocks
+        _inside.active = True
+        try:
+            return [kernel(*(a[start:start + step] for a in arrays)) for start in share]
+        finally:
+            _inside.active = False
+
+    if threads <= 1:
+        return run(starts)
+    per_thread = -(-len(starts) // threads)
+    shares = [starts[i:i + per_thread] for i in range(0, len(starts), per_thread)]
+    return [result for part in _executor().map(run, shares) for result in part]
+
+
+def _executor():
+    if not _pool:
+        _pool.append(ThreadPoolExecutor(max_workers=cpu_threads(), thread_name_prefix="minclip-blocks"))
+    return _pool[0]
+
+
+# A child made by fork() inherits the pool object but not its threads: it makes its own.
+os.register_at_fork(after_in_child=_pool.clear)
