@@ -21,6 +21,9 @@ column sums of a backward) come back in row order, so the answer does not
 depend on the number of threads. Ops use this only on NumPy, for arrays of at
 least two blocks, outside ``backend.plain_paths()``: see ``worth_it``.
 """
+import copy
+import functools
+import operator
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +48,7 @@ def over_rows(kernel, *arrays):
     """``kernel(*blocks)`` for every block of rows of ``arrays``; the list of what it returned, in row order.
 
     ``arrays`` are 2-D with the same number of rows (a per-row statistic is
-    (N, 1)); each call gets the same rows of every one. The kernel writes its
+    (N, 1); a None stays None); each call gets the same rows of every one. The kernel writes its
     row results into blocks of output arrays passed among ``arrays`` (the
     blocks are views) and returns whatever is per block, such as a partial
     column sum, or None.
@@ -58,7 +61,7 @@ def over_rows(kernel, *arrays):
     def run(share):                        # one thread's consecutive blocks
         _inside.active = True
         try:
-            return [kernel(*(a[start:start + step] for a in arrays)) for start in share]
+            return [kernel(*(None if a is None else a[start:start + step] for a in arrays)) for start in share]
         finally:
             _inside.active = False
 
@@ -77,3 +80,34 @@ def _executor():
 
 # A child made by fork() inherits the pool object but not its threads: it makes its own.
 os.register_at_fork(after_in_child=_pool.clear)
+
+
+def backward_over_rows(fn, g, **saved):
+    """A Function's own ``backward`` (its plain formula) run on blocks of rows of ``g``.
+
+    For ops that work row by row (layer norm, softmax over the last axis):
+    ``saved`` names the attributes of ``fn`` that hold one row per row of g
+    (x̂, 1/σ, y ...). Each block runs ``fn.backward`` on a shallow copy of fn
+    whose saved arrays are that block's rows, so the course's formula is the
+    one that runs, with its temporaries in cache. The first gradient (the
+    input's, shaped like g) is put together in row order; the others
+    (parameter gradients: sums over the rows) are added up over the blocks,
+    in row order.
+    """
+    lib, D = backend.array_module(g), g.shape[-1]
+    g2 = g.reshape(-1, D)                                              # (N, D)
+    rows = [value.reshape(len(g2), -1) for value in saved.values()]    # (N, ·) each
+    gx = lib.empty_like(g2)
+
+    def kernel(gb, out, *saved_blocks):
+        part = copy.copy(fn)
+        part.__dict__.update(zip(saved, saved_blocks))
+        first, *rest = part.backward(gb)
+        if first is not None:
+            out[...] = first
+        return rest
+
+    blocks = over_rows(kernel, g2, gx, *rows)
+    sums = [None if blocks[0][i] is None else functools.reduce(operator.add, (b[i] for b in blocks))
+            for i in range(len(blocks[0]))]
+    return (gx.reshape(g.shape) if fn.needs_grad[0] else None, *sums)

@@ -11,6 +11,8 @@ Left out of the second pass, with the reason:
 * ``test_notebooks.py``: the notebooks teach on NumPy and are run in the first pass;
 * ``test_exercises_tool.py``: it checks the course tooling (export, grading),
   which does not depend on the backend, and would double the time;
+* ``test_fast_paths.py``: the blocked fast paths are NumPy's own (on CuPy
+  the fused kernels of ``test_gpu_fused.py`` take their place);
 * this file itself (it would recurse).
 """
 import json
@@ -24,7 +26,8 @@ from support.exercise_wait import wait_for_every_exercise, wait_for_unsolved_exe
 
 ROOT = pathlib.Path(__file__).parent.parent
 SUPPORT = ROOT / "tests" / "support"
-SKIPPED_HERE = ("tests/test_01_tokenizer.py", "tests/test_notebooks.py", "tests/test_exercises_tool.py", "tests/test_gpu_standin.py")
+SKIPPED_HERE = ("tests/test_01_tokenizer.py", "tests/test_notebooks.py", "tests/test_exercises_tool.py",
+               "tests/test_fast_paths.py", "tests/test_gpu_standin.py")
 
 pytestmark = pytest.mark.skipif(os.environ.get("MINCLIP_BACKEND") == "cupy",
                                 reason="this already is a CuPy run: it must not start another")

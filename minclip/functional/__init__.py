@@ -17,10 +17,12 @@ The functions live in short files by family, which this index re-exports
 * ``linear``: ``linear``, ``embedding``
 * ``conv``: ``conv2d`` (and its ``im2col``, ``col2im``); ``pool``: ``avg_pool2d``, ``adaptive_avg_pool2d``
 * ``attention``: ``split_heads``, ``merge_heads``, ``attention_weights``, ``scaled_dot_product_attention``
+  (and its NumPy fast path, one ``AttentionFunction`` node)
 """
 from minclip.functional.activation import (GELUFunction, LogSigmoidFunction, QuickGELUFunction,
                                            dropout, gelu, log_sigmoid, quick_gelu, relu, sigmoid, tanh)
-from minclip.functional.attention import attention_weights, merge_heads, scaled_dot_product_attention, split_heads
+from minclip.functional.attention import (AttentionFunction, attention_weights, merge_heads, scaled_dot_product_attention,
+                                          split_heads)
 from minclip.functional.batchnorm import BatchNormFunction, batch_norm
 from minclip.functional.conv import Conv2dFunction, conv2d
 from minclip.functional.join import ConcatenateFunction, WhereFunction, concatenate, masked_fill, stack, where

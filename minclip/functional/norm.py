@@ -1,4 +1,5 @@
 """Normalizations over the feature axis, fused: ``layer_norm`` and ``normalize`` (L2)."""
+from minclip import blocked
 from minclip.backend import array_module, elementwise, fused
 from minclip.tensor import Function
 
@@ -14,6 +15,8 @@ class LayerNormFunction(Function):
     def forward(self, x, weight, bias, eps):
         if fused(x):
             return self.forward_fused(x, weight, bias, eps)
+        if blocked.worth_it(x):
+            return self.forward_blocked(x, weight, bias, eps)
         lib = array_module(x)
         xhat = x - x.mean(axis=-1, keepdims=True)                    # (..., D), centred
         var = lib.einsum("...d,...d->...", xhat, xhat)[..., None] / x.shape[-1]   # no (..., D) temporary
@@ -28,6 +31,8 @@ class LayerNormFunction(Function):
         """Gradients (dx, dweight, dbias), None for an input that needs none."""
         if fused(g):
             return self.backward_fused(g)
+        if blocked.worth_it(g):
+            return blocked.backward_over_rows(self, g, xhat=self.xhat, rstd=self.rstd)
         # BEGIN EXERCISE 2.7: Layer normalization backward
         xhat, rstd = self.xhat, self.rstd
         leading = tuple(range(g.ndim - 1))
@@ -42,6 +47,34 @@ class LayerNormFunction(Function):
             gx *= rstd
         return gx, gw, gb
         # END EXERCISE
+
+    # The NumPy fast path: forward computes each block of rows start to end
+    # (mean, variance, x̂, x̂·w + b) while it sits in cache, the blocks spread
+    # over threads (minclip.blocked); backward runs the plain formula above on
+    # the same blocks. Measured on 2 cores for (8320, 256) float32: forward
+    # FWD_PLAIN -> FWD_FAST ms, backward BWD_PLAIN -> BWD_FAST ms.
+
+    def forward_blocked(self, x, weight, bias, eps):
+        """``forward`` block by block of rows (``minclip.blocked.over_rows``)."""
+        lib, D = array_module(x), x.shape[-1]
+        x2 = x.reshape(-1, D)                                             # (N, D)
+        xhat, out = lib.empty_like(x2), lib.empty_like(x2)
+        rstd = lib.empty((len(x2), 1), dtype=x.dtype)                     # (N, 1)
+        inv_d, eps = x.dtype.type(1 / D), x.dtype.type(eps)
+
+        def kernel(xb, hb, ob, rb):
+            lib.subtract(xb, xb.mean(axis=-1, keepdims=True), out=hb)     # x - μ
+            rb[:, 0] = lib.einsum("nd,nd->n", hb, hb)                       # Σ (x - μ)²
+            rb *= inv_d
+            rb += eps
+            lib.sqrt(rb, out=rb)
+            lib.reciprocal(rb, out=rb)                                    # 1 / √(σ² + eps)
+            hb *= rb                                                      # x̂
+            lib.multiply(hb, weight, out=ob)
+            ob += bias
+        blocked.over_rows(kernel, x2, xhat, out, rstd)
+        self.xhat, self.rstd, self.weight = xhat.reshape(x.shape), rstd.reshape(*x.shape[:-1], 1), weight
+        return out.reshape(x.shape)
 
     # The GPU path: the same math, each elementwise chain one fused kernel.
     # cupy.fuse compiles at most one reduction per kernel, and only at its end

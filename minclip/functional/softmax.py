@@ -83,6 +83,15 @@ class SoftmaxFunction(Function):
         return (softmax_grad_kernel(self.y, g, (g * self.y).sum(axis=self.axis, keepdims=True)),)
 
 
+def softmax_in_place(x):
+    """x ← softmax(x) along the last axis, in place on a plain array (a step of the attention fast path)."""
+    lib = array_module(x)
+    x -= x.max(axis=-1, keepdims=True)
+    lib.exp(x, out=x)
+    x /= x.sum(axis=-1, keepdims=True)
+    return x
+
+
 def softmax(x, axis=-1):
     return SoftmaxFunction.apply(x, axis=axis)
 

@@ -54,9 +54,12 @@ class MultiheadAttention(Module):
         H = self.num_heads
         q, k, v = F.split_heads(q, H), F.split_heads(k, H), F.split_heads(v, H)    # (B, H, T, d)
         mask = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
+        if not need_weights:
+            out = F.merge_heads(F.scaled_dot_product_attention(q, k, v, mask))     # (B, Tq, D)
+            return self.out_proj(out), None
         probs = F.attention_weights(q, k, mask)                                    # (B, H, Tq, Tk)
         out = F.merge_heads(probs @ v)                                             # (B, Tq, D)
-        return self.out_proj(out), probs.mean(axis=1) if need_weights else None
+        return self.out_proj(out), probs.mean(axis=1)
 
     def _project(self, query, key, value):
         """q, k, v: each input times its third of ``in_proj_weight`` (plus bias).
