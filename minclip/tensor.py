@@ -7,7 +7,10 @@ The whole engine is two classes:
   gradient of the loss with respect to the output into gradients with respect
   to each input (the chain rule, one op at a time).
 * ``Tensor``: an array plus ``grad``, ``requires_grad`` and ``_ctx``, the
-  Function that made it. Following ``_ctx`` back from a loss gives the graph.
+  Function that made it. Following ``_ctx`` and each Function's ``parents``
+  back from a loss gives the graph. The graph holds an op's output as its
+  ``Node`` (the same graph attributes, without the array), so it keeps no
+  intermediate array alive that no backward needs.
 
 ``loss.backward()`` orders the graph topologically (iteratively, so a chain
 of 10,000 ops does not hit Python's recursion limit), walks it from the loss
@@ -88,7 +91,7 @@ class Function(ABC):
         out = backend.ensure_array(out)  # NumPy reductions return scalars: keep 0-d arrays
         if not (_grad_enabled and any(fn.needs_grad)):
             return Tensor.from_array(out)
-        fn.parents = inputs
+        fn.parents = tuple(t._node or t for t in inputs)   # leaves as they are, op outputs as their Node
         return Tensor.from_op(out, fn)
 
     @abstractmethod
@@ -106,6 +109,46 @@ def _check_same_backend(op_name, tensors):
         shapes = ", ".join(f"{backend_name(t.data)} {t.shape}" for t in tensors)
         raise ValueError(f"{op_name}: inputs live on different backends ({shapes}); "
                          f"move them with .to('numpy') or .to('cupy') first")
+
+
+class Node:
+    """An op's output as the graph keeps it: the graph half of a Tensor, without the array.
+
+    ``fn.parents`` holds, for each input of an op, the leaf Tensor itself
+    (backward fills in its ``.grad``) or, for the output of an earlier op,
+    that output's Node: ``requires_grad``, ``grad``, ``_ctx`` and the flags
+    that backward reads and writes, and the shape and dtype for display. The
+    Tensor you hold reads and writes those same attributes on its Node. So the
+    graph never keeps an intermediate array alive: an activation lives as long
+    as you hold its Tensor or an op saved it for its backward. (Holding the
+    Tensors instead kept every residual sum and projection of a ViT training
+    step alive until backward, about a quarter of its memory. PyTorch's graph
+    likewise holds nodes, not tensors.)
+    """
+
+    def __init__(self, fn, shape, dtype):
+        self.requires_grad, self.grad, self._ctx = True, None, fn
+        self._retain_grad = self._graph_freed = False
+        self.shape, self.dtype = shape, dtype
+
+    def __repr__(self):
+        return f"Node({type(self._ctx).__name__ if self._ctx else 'freed'}, shape={self.shape})"
+
+
+def _graph_attribute(name):
+    """Tensor.<name>: on the Tensor itself, or on its Node when it is an op's output."""
+
+    def get(self):
+        node = self.__dict__["_node"]
+        return self.__dict__[name] if node is None else getattr(node, name)
+
+    def set(self, value):
+        node = self.__dict__["_node"]
+        if node is None:
+            self.__dict__[name] = value
+        else:
+            setattr(node, name, value)
+    return property(get, set)
 
 
 class Tensor:
@@ -138,10 +181,11 @@ class Tensor:
     def from_op(cls, array, fn):
         """The output ``array`` of the Function ``fn``: it requires a grad, and ``fn`` is its place in the graph."""
         tensor = cls.from_array(array, requires_grad=True)
-        tensor._ctx = fn
+        tensor._node = Node(fn, array.shape, array.dtype)
         return tensor
 
     def _set(self, data, requires_grad):
+        self._node = None               # an op's output gets its Node in from_op
         self.data = data
         self.grad = None
         self.requires_grad = bool(requires_grad)
@@ -150,6 +194,8 @@ class Tensor:
         self._graph_freed = False
 
     # ------------------------------------------------------------ properties
+    grad, _ctx = _graph_attribute("grad"), _graph_attribute("_ctx")
+    _retain_grad, _graph_freed = _graph_attribute("_retain_grad"), _graph_attribute("_graph_freed")
     shape = property(lambda self: self.data.shape)
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)

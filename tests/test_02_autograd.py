@@ -329,7 +329,9 @@ def test_topological_order_lists_each_tensor_once_after_its_parents():
     c = a + b                                  # forward only: no backward runs here
     d = c * x                                  # x is used twice
     e = d * constant
-    names = {id(t): name for name, t in dict(x=x, a=a, b=b, c=c, d=d, e=e).items()}
+    # the order holds the root itself, leaves, and the other op outputs as their graph Nodes
+    names = {id(entry): name for name, t in dict(x=x, a=a, b=b, c=c, d=d, e=e).items()
+             for entry in (t, t._node) if entry is not None}
     listed = [names.get(id(t), "constant") for t in _topological_order(e)]
     assert sorted(listed) == ["a", "b", "c", "d", "e", "x"], (
         f"expected each of x, a, b, c, d, e once (and not the constant), got {listed}")
