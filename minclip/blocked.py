@@ -72,6 +72,15 @@ def over_rows(kernel, *arrays):
     return [result for part in _executor().map(run, shares) for result in part]
 
 
+def each(fn, items, array):
+    """``fn(item)`` for every item, spread over the threads, for items that do not depend on
+    each other (the parameters of an optimizer step); in order, in this thread, for arrays
+    like ``array`` that are not NumPy's or inside ``backend.plain_paths()``."""
+    if not backend.fast_paths() or backend.backend_name(array) != "numpy" or cpu_threads() <= 1:
+        return [fn(item) for item in items]
+    return list(_executor().map(fn, items))
+
+
 def _executor():
     if not _pool:
         _pool.append(ThreadPoolExecutor(max_workers=cpu_threads(), thread_name_prefix="minclip-blocks"))

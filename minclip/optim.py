@@ -20,7 +20,7 @@ scalar is cast to that dtype first, so float32 never becomes float64.
 """
 import math
 
-from minclip import backend
+from minclip import backend, blocked
 from minclip.backend import array_module, elementwise, fused, xp
 from minclip.tensor import Tensor
 
@@ -64,7 +64,13 @@ class Optimizer:
                 p.grad = None
 
     def step(self):
-        """Update every parameter that has a gradient, group by group."""
+        """Update every parameter that has a gradient.
+
+        The updates do not depend on each other, so on NumPy they are spread
+        over threads (``blocked.each``: NumPy releases Python's lock inside
+        its loops); each is the same ``update_parameter`` call either way.
+        """
+        updates = []
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -72,7 +78,9 @@ class Optimizer:
                 if p.grad.shape != p.shape or p.grad.dtype != p.dtype:
                     raise ValueError(f"{type(self).__name__}.step: parameter {p.dtype} {p.shape} has a "
                                      f"gradient {p.grad.dtype} {p.grad.shape}; they must match")
-                self.update_parameter(p.data, p.grad, self.state.setdefault(p, {}), group)
+                updates.append((p.data, p.grad, self.state.setdefault(p, {}), group))
+        if updates:
+            blocked.each(lambda update: self.update_parameter(*update), updates, updates[0][0])
 
     def update_parameter(self, param, grad, state, group):
         raise TypeError(f"{type(self).__name__} does not define update_parameter")

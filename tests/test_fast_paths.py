@@ -124,3 +124,26 @@ def test_the_switch_turns_the_fast_paths_off():
     with backend.plain_paths():
         assert not backend.fast_paths() and not blocked.worth_it(big)
     assert backend.fast_paths()
+
+
+def test_optimizer_updates_spread_over_threads_match_the_plain_loop(rng, monkeypatch):
+    from minclip.optim import AdamW
+    monkeypatch.setattr(blocked, "cpu_threads", lambda: 3)
+    shapes = [(40, 30), (30,), (7, 5, 3), (1,)]
+    start = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
+    results = []
+    for plain in (False, True):
+        params = [Tensor(a.copy(), requires_grad=True) for a in start]
+        optimizer = AdamW(params, lr=0.1, weight_decay=0.1)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.copy()
+            if plain:
+                with backend.plain_paths():
+                    optimizer.step()
+            else:
+                optimizer.step()
+        results.append([p.data for p in params])
+    for threaded, plain in zip(*results):
+        np.testing.assert_array_equal(threaded, plain)
