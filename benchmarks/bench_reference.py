@@ -213,13 +213,16 @@ def build(case, library="both", batch=None, **overrides):
 def tower_check(config, images, text, scale, tower, reference, ours, theirs):
     """The tower step's check: the same function in float64, then the float32 first step.
 
-    In float32, minclip's gradients of this tower differ from float64 ones by
-    up to 5e-2 of a gradient's largest entry (layer3's batch norms and
-    downsample convolution), while PyTorch's stay within 2e-6; the float32 comparison would
-    then fail on minclip's rounding, not on a different computation. So the
-    function is checked where rounding cannot hide a mistake, float64 (loss and
-    every gradient to 1e-6), and the float32 first step's loss to 1e-4, with
-    the float32 gradient disagreement recorded, not asserted.
+    float64 (loss and every gradient to 1e-6) is where rounding cannot hide a
+    mistake. The float32 first step's loss is checked to 1e-4 and its gradients
+    to 1e-2 of each gradient's largest entry: one
+    ReLU of the stem has an input within float32 rounding of zero (one of
+    the 10⁶ outputs of bn1, for these images), which minclip's float32 rounds
+    to the other side than PyTorch's; that one position's gradient then
+    differs, by 4.7e-3 of conv1.weight's largest entry, while every other
+    gradient agrees to 2e-4. (Batch norm's forward, folded into
+    x · s + (b - mean · s), used to cancel when |mean| ≫ std and put layer3's
+    gradients 5.3e-2 away; it now centres first.)
     """
     backend.seed(0)                                               # the weights of ``tower``, as build() made them
     model64 = CLIP(config)
@@ -237,8 +240,9 @@ def tower_check(config, images, text, scale, tower, reference, ours, theirs):
                                                          1e-6, floor) for name, p in tower64.named_parameters()),
              "loss": common.check_close("loss", ours(), theirs())}
     expected, floor = gradients_and_floor(reference)
-    check["float32_gradients_not_asserted"] = max(common.relative_error(p.grad, expected[name], floor)
-                                                  for name, p in tower.named_parameters())
+    check["float32_gradients"] = max(common.check_close(f"float32 gradient of {name}", p.grad, expected[name],
+                                                        1e-2, floor)
+                                     for name, p in tower.named_parameters())
     return {k: float(f"{v:.2e}") for k, v in check.items()}
 
 
