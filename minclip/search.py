@@ -121,12 +121,12 @@ def build_index(checkpoint, images, out, batch_size=32, report=print):
 def top_k(embeddings, query, k, chunk_rows=CHUNK_ROWS):
     """(indices, scores) of the ``k`` rows with the largest dot product with ``query`` (E,).
 
-    Either array may be on the host or the active backend: the query is put
-    there once, and each chunk of rows as it is scored.
     One matrix-vector product per chunk of rows. Each chunk keeps its rows
     scoring at least its own k-th best (ties included), then one stable sort
     merges them with the best so far: the result is exactly the descending
-    order of the scores, equal scores in the order of the rows.
+    order of the scores, equal scores in the order of the rows. Either array
+    may be on the host or on the active backend: the query moves there once,
+    each chunk of rows as it is scored.
     """
     query = xp.asarray(query)                                                              # (E,)
     best_index = xp.zeros(0, dtype="int64")
