@@ -16,7 +16,10 @@ USER_ERRORS = (FileNotFoundError, ValueError, BadImageError)
 
 
 def add_backend_argument(parser):
-    parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array backend (default numpy)")
+    """``--backend``, whose default is the active backend: numpy, or what MINCLIP_BACKEND set."""
+    default = backend.get_backend()
+    parser.add_argument("--backend", default=default, choices=["numpy", "cupy"],
+                        help=f"array backend (default: MINCLIP_BACKEND if set, else numpy; now {default})")
 
 
 def add_csv_arguments(parser):

@@ -124,8 +124,11 @@ def top_k(embeddings, query, k, chunk_rows=CHUNK_ROWS):
     One matrix-vector product per chunk of rows. Each chunk keeps its rows
     scoring at least its own k-th best (ties included), then one stable sort
     merges them with the best so far: the result is exactly the descending
-    order of the scores, equal scores in the order of the rows.
+    order of the scores, equal scores in the order of the rows. Either array
+    may be on the host or on the active backend: the query moves there once,
+    each chunk of rows as it is scored.
     """
+    query = xp.asarray(query)                                                              # (E,)
     best_index = xp.zeros(0, dtype="int64")
     best_score = xp.zeros(0, dtype=embeddings.dtype)
     for start in range(0, len(embeddings), chunk_rows):

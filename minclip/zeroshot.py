@@ -74,7 +74,7 @@ def zero_shot_evaluate(model, dataset, classnames, templates, tokenizer, classif
     """
     classifier = zero_shot_classifier(model, classnames, templates, tokenizer) if classifier is None else classifier
     features = encode_images(model, dataset)                          # (N, E)
-    logits = features @ classifier.T                                  # (N, C)
+    logits = backend.to_numpy(features @ classifier.T)                # (N, C), one copy to the host
     accuracy = topk_accuracy(logits, dataset.labels, ks=(1, min(5, len(classnames))))
-    predictions = backend.to_numpy(logits.argmax(axis=1))
+    predictions = logits.argmax(axis=1)
     return {"top1": accuracy[1], "top5": accuracy[min(5, len(classnames))], "predictions": predictions}

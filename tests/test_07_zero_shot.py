@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from minclip import backend
 from minclip import evaluate as evaluate_cli
 from minclip.checkpoint import save_checkpoint
 from minclip.data import ImageFolder, ImageTextDataset
@@ -55,7 +56,7 @@ class FakeCLIP:
         return self
 
     def encode_text(self, ids):
-        return Tensor(self.table[ids.data[:, 1]])                               # (B, E)
+        return Tensor(ids.xp.asarray(self.table)[ids.data[:, 1]])               # (B, E), on the ids' backend
 
     def encode_image(self, images):
         return Tensor(images.data.mean(axis=(2, 3)))                            # (B, 3)
@@ -75,7 +76,7 @@ RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 def test_the_classifier_normalizes_each_prompt_then_averages_and_renormalizes():
     model = FakeCLIP({"a cat.": [3, 0, 0], "the cat!": [0, 4, 0],     # lengths 3 and 4: normalize first
                       "a dog.": [0, 0, 2], "the dog!": [0, 0, 5]})
-    weights = np.asarray(zero_shot_classifier(model, ["cat", "dog"], ["a {}.", "the {}!"], model.tokenizer))
+    weights = backend.to_numpy(zero_shot_classifier(model, ["cat", "dog"], ["a {}.", "the {}!"], model.tokenizer))
     # cat: mean of (1, 0, 0) and (0, 1, 0) is (.5, .5, 0), renormalized (1/√2, 1/√2, 0).
     # Averaging before normalizing would give (.6, .8, 0) instead.
     expected = np.array([[1 / math.sqrt(2), 1 / math.sqrt(2), 0], [0, 0, 1]])

@@ -6,6 +6,7 @@ minclip's preprocessing gives exactly CLIPImageProcessor's pixels (PIL
 backend), with or without a resize, so the probabilities agree to float32
 rounding (tolerance 1e-4).
 """
+import argparse
 import json
 import os
 import subprocess
@@ -16,6 +17,8 @@ import pytest
 from PIL import Image
 
 import minclip
+from minclip import backend
+from minclip.cli import add_backend_argument
 from minclip.data import clip_transform
 from minclip.model import CLIP, CLIPConfig
 from minclip.predict import main as predict_main
@@ -102,6 +105,18 @@ def test_predict_matches_transformers_end_to_end(torch, tmp_path, folder):
     with torch.no_grad():
         expected = hf(input_ids=ids, pixel_values=pixels).logits_per_image.softmax(dim=1).numpy()
     np.testing.assert_allclose([list(p["probs"].values()) for p in got], expected, atol=1e-4)
+
+
+# ------------------------------------------------------------ the --backend flag
+
+def test_the_backend_flag_defaults_to_the_active_backend_and_overrides_it(monkeypatch):
+    monkeypatch.setattr(backend, "get_backend", lambda: "cupy")      # as after MINCLIP_BACKEND=cupy
+    parser = argparse.ArgumentParser()
+    add_backend_argument(parser)
+    assert parser.parse_args([]).backend == "cupy", (
+        "MINCLIP_BACKEND=cupy python -m minclip.evaluate ... must run on the GPU: "
+        "--backend defaults to the active backend")
+    assert parser.parse_args(["--backend", "numpy"]).backend == "numpy", "--backend overrides MINCLIP_BACKEND"
 
 
 # ------------------------------------------------------------------ predict

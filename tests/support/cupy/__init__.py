@@ -134,7 +134,7 @@ def _operator(name):
         result = getattr(self._a, name)(*(unwrap(a) for a in args))
         if result is NotImplemented:
             return result
-        return self if name.startswith("__i") else wrap(result)
+        return self if result is self._a else wrap(result)      # an in-place operator gives its own array back
     method.__name__ = name
     return method
 
