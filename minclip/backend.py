@@ -299,10 +299,30 @@ def erf(x):
 _numpy_erf = numpy.frompyfunc(math.erf, 1, 1)
 
 
+class _Unusable:
+    """The array library of a backend that MINCLIP_BACKEND named but that cannot be used
+    here: any use raises the reason, as one BackendError line."""
+
+    def __init__(self, reason):
+        self.reason = reason
+
+    def __getattr__(self, attr):
+        raise BackendError(self.reason)
+
+
 def _from_environment():
+    """MINCLIP_BACKEND picks the backend at import. One that cannot be used (no CuPy, no
+    GPU, a misspelling) does not break ``import minclip``: the first array made on it
+    raises the reason, and a command-line tool, whose ``--backend`` defaults to it,
+    stops with that line. ``set_backend("numpy")`` goes back to NumPy."""
+    global _backend_name, _module
     name = os.environ.get("MINCLIP_BACKEND")
-    if name:
+    if not name:
+        return
+    try:
         set_backend(name)
+    except (BackendError, ValueError) as error:
+        _backend_name, _module = name, _Unusable(f"MINCLIP_BACKEND={name}: {error}")
 
 
 _from_environment()

@@ -16,7 +16,8 @@ USER_ERRORS = (FileNotFoundError, ValueError, BadImageError)
 
 
 def add_backend_argument(parser):
-    """``--backend``, whose default is the active backend: numpy, or what MINCLIP_BACKEND set."""
+    """``--backend``, whose default is the active backend: numpy, or what MINCLIP_BACKEND set
+    (even one that cannot be used here: the tool then says why and stops)."""
     default = backend.get_backend()
     parser.add_argument("--backend", default=default, choices=["numpy", "cupy"],
                         help=f"array backend (default: MINCLIP_BACKEND if set, else numpy; now {default})")
@@ -39,7 +40,7 @@ def use_backend_or_exit(name):
     """Switch backend, or print the one-line reason and exit with status 2 (no traceback)."""
     try:
         backend.set_backend(name)
-    except backend.BackendError as error:
+    except (backend.BackendError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 

@@ -76,17 +76,26 @@ def test_the_environment_variable_chooses_the_backend():
 
 
 @pytest.mark.skipif(GPU, reason="this machine has a GPU, so MINCLIP_BACKEND=cupy works")
-def test_the_environment_variable_cupy_without_a_gpu_fails_clearly():
-    result = run_python("import minclip", MINCLIP_BACKEND="cupy")
-    assert result.returncode != 0, "importing minclip with MINCLIP_BACKEND=cupy and no GPU must fail"
+def test_the_environment_variable_cupy_without_a_gpu_fails_clearly_at_first_use():
+    result = run_python("import minclip; print('imported'); minclip.Tensor([1.0])", MINCLIP_BACKEND="cupy")
+    assert result.stdout.strip() == "imported", "import minclip must not fail: the CLIs report the reason themselves"
     last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("minclip.backend.BackendError") and "cupy" in last_line, (
-        f"the traceback should end in one BackendError line, got: {last_line!r}")
+    assert result.returncode != 0 and last_line.startswith("minclip.backend.BackendError: MINCLIP_BACKEND=cupy"), (
+        f"the first array must raise one BackendError line naming the variable, got: {last_line!r}")
 
 
-def test_the_environment_variable_rejects_an_unknown_name():
-    result = run_python("import minclip", MINCLIP_BACKEND="jax")
-    assert result.returncode != 0 and "unknown backend 'jax'" in result.stderr
+def test_the_environment_variable_rejects_an_unknown_name_at_first_use():
+    result = run_python("import minclip; minclip.Tensor([1.0])", MINCLIP_BACKEND="jax")
+    assert result.returncode != 0 and "unknown backend 'jax'" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(GPU, reason="this machine has a GPU, so MINCLIP_BACKEND=cupy works")
+def test_a_command_line_tool_given_an_unusable_environment_backend_says_why_in_one_line():
+    result = run_python("import sys; from minclip.train import main; sys.exit(main(['--epochs', '1']))",
+                        MINCLIP_BACKEND="cupy")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "needs CuPy" in result.stderr, (
+        f"expected one error line, got: {result.stderr!r}")
 
 
 # --------------------------------------------------- the helpers that differ

@@ -139,7 +139,7 @@ LAUNCHES = [  # (module, Function, its array inputs among x, w, b, its options, 
 @pytest.fixture
 def on_the_standin():
     """The stand-in as the active backend for this test, as the pass chose it (an in-process CLI test
-    may have left its --backend default, numpy, active), and the previous one back afterwards."""
+    may have left another backend active, with an explicit --backend), and the previous one back afterwards."""
     previous = backend.get_backend()
     backend.set_backend("cupy")
     yield
