@@ -18,7 +18,6 @@ whole global batch, or N ranks would not train the model one process would.
 The per-channel sums are all-reduced over the ranks in forward (Σx, then
 Σ(x - mean)²) and in backward (Σg·x̂ and Σg).
 """
-from minclip import blocked
 from minclip.backend import array_module
 from minclip.tensor import Function, Tensor
 
@@ -99,16 +98,12 @@ class BatchNormFunction(Function):
         scale = weight * rstd                                              # (C,) w / √(var + eps)
         self.x, self.mean, self.rstd, self.scale = x, mean, rstd, scale.reshape(per_channel)
         self.batch_stats, self.comm = batch_stats, comm
-        if self.blocks(x):
-            return self.forward_blocked(x, bias)
         out = x - mean.reshape(per_channel)                                # (N, C, H, W)
         out *= self.scale
         out += bias.reshape(per_channel)
         return out
 
     def backward(self, g):
-        if self.blocks(g):
-            return self.backward_blocked(g)
         axes, per_channel = (0, 2, 3), (1, -1, 1, 1)
         xhat = self.x - self.mean.reshape(per_channel)                     # recomputed x̂
         xhat *= self.rstd.reshape(per_channel)
@@ -126,75 +121,6 @@ class BatchNormFunction(Function):
             gx *= self.scale
         elif self.needs_grad[0]:
             gx = g * self.scale
-        return gx, gw, gb
-
-    # The NumPy fast path: the same formulas over blocks of rows of
-    # (N·C, H·W) (minclip.blocked), each row one image's channel, so every
-    # row has its own per-channel constants; the sums are per row (along
-    # the contiguous axis) and then over the N images, in the plain path's
-    # order. Measured on 2 cores, forward + backward in float32, best of 5:
-    # (64, 32, 32, 32) 22.8 -> 17.1 ms, (64, 128, 16, 16) 21.8 -> 19.5 ms.
-
-    def blocks(self, array):
-        """Whether to take the fast path: a large NumPy array (``blocked.worth_it``) whose rows
-        hold at least 64 values (an 8×8 grid); shorter rows sum slower one by one than the
-        plain path's reductions (at 2×2: 10.6 against 9.0 ms for forward + backward)."""
-        return blocked.worth_it(array) and array[0, 0].size >= 64
-
-    def rows(self, array):
-        """(N, C, H, W) -> (N·C, H·W): one row per image and channel."""
-        N, C = array.shape[:2]
-        return array.reshape(N * C, -1)
-
-    def per_row(self, per_channel):
-        """A (C,) or (1, C, 1, 1) array repeated for each image: (N·C, 1), a row's constant."""
-        N, C = self.x.shape[:2]
-        return array_module(per_channel).broadcast_to(per_channel.reshape(1, C), (N, C)).reshape(N * C, 1)
-
-    def forward_blocked(self, x, bias):
-        out = array_module(x).empty(x.shape, dtype=x.dtype)                 # C order, whatever x's: rows() is a view
-
-        def kernel(xb, mb, sb, bb, ob):
-            array_module(xb).subtract(xb, mb, out=ob)
-            ob *= sb
-            ob += bb
-        blocked.over_rows(kernel, self.rows(x), self.per_row(self.mean), self.per_row(self.scale),
-                          self.per_row(bias), self.rows(out))
-        return out
-
-    def backward_blocked(self, g):
-        lib, (N, C) = array_module(g), g.shape[:2]
-        rows = (self.rows(g), self.rows(self.x), self.per_row(self.mean), self.per_row(self.rstd))
-
-        def centred(xb, mb, rb):                                           # x̂ of a block
-            xhat = lib.subtract(xb, mb)
-            xhat *= rb
-            return xhat
-
-        def sums(gb, xb, mb, rb):                                          # Σ g and Σ g·x̂ of each row
-            xhat = centred(xb, mb, rb)
-            xhat *= gb
-            return lib.stack([gb.sum(axis=1), xhat.sum(axis=1)])           # (2, rows)
-        both = lib.concatenate(blocked.over_rows(sums, *rows), axis=1).reshape(2, N, C).sum(axis=1)
-        gb, gw = both[0], both[1]                                          # (C,) each
-        if not self.needs_grad[0]:
-            return None, gw, gb
-        if not self.batch_stats:
-            return g * self.scale, gw, gb
-        n, sum_gw, sum_gb = g.size // C, gw, gb
-        if self.comm is not None:
-            total = self.comm.allreduce(lib.concatenate([gw, gb, lib.asarray([n], dtype=gw.dtype)]))
-            sum_gw, sum_gb, n = total[:C], total[C:2 * C], int(total[-1])
-        gx = lib.empty(g.shape, dtype=g.dtype)
-
-        def input_gradient(gb, xb, mb, rb, ab, wb, sb, ob):               # s · (g - Σg/n - x̂ · Σg·x̂/n)
-            xhat = centred(xb, mb, rb)
-            xhat *= wb
-            lib.subtract(gb, ab, out=ob)
-            ob -= xhat
-            ob *= sb
-        blocked.over_rows(input_gradient, *rows, self.per_row(sum_gb / n), self.per_row(sum_gw / n),
-                          self.per_row(self.scale), self.rows(gx))
         return gx, gw, gb
 
 
