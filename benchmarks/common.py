@@ -2,7 +2,9 @@
 
 Import it before NumPy: it fixes the number of threads of both libraries
 (``MINCLIP_BENCH_THREADS``, default 2) through the environment, which
-OpenBLAS reads once, when NumPy is first imported.
+OpenBLAS reads once, when NumPy is first imported, and imports minclip
+before NumPy, as a program that uses minclip would (``minclip.threads`` sets
+how long NumPy's BLAS threads spin).
 
 * ``compare(ours, theirs, reps)``: the two callables alternate run by run
   (so that background load hits both alike) after ``warmup`` untimed runs;
@@ -32,13 +34,14 @@ def _set_thread_variables():
 
 
 _set_thread_variables()
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
 sys.path.insert(0, ROOT)
+
+import minclip  # noqa: E402,F401  (before NumPy, as a program that uses minclip: it sets NumPy's BLAS up, see threads.py)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
 torch.set_num_threads(THREADS)
 
 from bench_layers import measure  # noqa: E402  (the alternating timing loop)
@@ -227,6 +230,8 @@ def machine():
             "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
             "blas": blas_info(), "openblas_tuning": {k: os.environ.get(k) for k in OPENBLAS_TUNING},
+            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+            "minclip_pool_threads": minclip.threads.pool_threads(),
             "load_average_1min": round(os.getloadavg()[0], 2), "git_commit": git_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 

@@ -9,7 +9,7 @@ alone:
 * the arrays are cut into blocks of rows of about ``BLOCK_BYTES``, so the
   chain's temporaries and in-place steps stay in the core's L2 cache and each
   array crosses main memory about once;
-* the blocks are shared among ``threads.cpu_threads()`` threads. NumPy
+* the blocks are shared among ``threads.pool_threads()`` threads. NumPy
   releases Python's lock inside its loops, so the threads really run at once.
 
 Measured on 2 cores, QuickGELU's forward on (8320, 1024) float32: 51 ms as
@@ -29,7 +29,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from minclip import backend
-from minclip.threads import cpu_threads
+from minclip.threads import pool_threads
 
 BLOCK_BYTES = 256 * 1024      # one input block; a chain's few blocks together fit in a 1-2 MB L2 cache
 
@@ -56,7 +56,7 @@ def over_rows(kernel, *arrays):
     rows = len(arrays[0])
     step = max(1, BLOCK_BYTES // max(1, arrays[0][:1].nbytes))
     starts = list(range(0, rows, step))
-    threads = min(cpu_threads(), len(starts))
+    threads = min(pool_threads(), len(starts))
 
     def run(share):                        # one thread's consecutive blocks
         _inside.active = True
@@ -76,14 +76,14 @@ def each(fn, items, array):
     """``fn(item)`` for every item, spread over the threads, for items that do not depend on
     each other (the parameters of an optimizer step); in order, in this thread, for arrays
     like ``array`` that are not NumPy's or inside ``backend.plain_paths()``."""
-    if not backend.fast_paths() or backend.backend_name(array) != "numpy" or cpu_threads() <= 1:
+    if not backend.fast_paths() or backend.backend_name(array) != "numpy" or pool_threads() <= 1:
         return [fn(item) for item in items]
     return list(_executor().map(fn, items))
 
 
 def _executor():
     if not _pool:
-        _pool.append(ThreadPoolExecutor(max_workers=cpu_threads(), thread_name_prefix="minclip-blocks"))
+        _pool.append(ThreadPoolExecutor(max_workers=pool_threads(), thread_name_prefix="minclip-blocks"))
     return _pool[0]
 
 

@@ -103,14 +103,14 @@ def test_results_do_not_depend_on_the_number_of_threads(small_blocks, rng, monke
     g = rng.standard_normal(x.shape).astype(np.float32)
     results = []
     for threads in (1, 3):
-        monkeypatch.setattr(blocked, "cpu_threads", lambda: threads)
+        monkeypatch.setattr(blocked, "pool_threads", lambda: threads)
         results.append(run(F.layer_norm, [x, w, b], g, [True, True, True]))
     for one, three in zip(*results):
         np.testing.assert_array_equal(one, three)
 
 
 def test_over_rows_hands_out_matching_blocks_in_row_order(small_blocks, monkeypatch):
-    monkeypatch.setattr(blocked, "cpu_threads", lambda: 2)
+    monkeypatch.setattr(blocked, "pool_threads", lambda: 2)
     a = np.arange(60.0).reshape(30, 2)                            # 16 bytes a row: 12 rows a block
     out = np.zeros_like(a)
 
@@ -134,7 +134,7 @@ def test_the_switch_turns_the_fast_paths_off():
 
 
 def test_optimizer_updates_spread_over_threads_match_the_plain_loop(rng, monkeypatch):
-    monkeypatch.setattr(blocked, "cpu_threads", lambda: 3)
+    monkeypatch.setattr(blocked, "pool_threads", lambda: 3)
     shapes = [(40, 30), (30,), (7, 5, 3), (1,)]
     start = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
