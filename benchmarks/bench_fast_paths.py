@@ -87,8 +87,6 @@ CASES = {
                    lambda: op_case(F.layer_norm, lambda x, w, b: torch.nn.functional.layer_norm(x, (WIDTH,), w, b),
                                    [(TOKENS, WIDTH), (WIDTH,), (WIDTH,)])),
     "attention": ("scaled_dot_product_attention, q, k, v (128, 4, 65, 64)", attention_case),
-    "linear": ("linear (8320, 256) -> 1024 with bias",
-               lambda: op_case(F.linear, torch.nn.functional.linear, [(TOKENS, WIDTH), (4 * WIDTH, WIDTH), (4 * WIDTH,)])),
     "AdamW step": ("AdamW over the vit-256 step's parameters", adamw_case),
 }
 

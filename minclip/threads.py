@@ -34,10 +34,11 @@ def threads_per_rank(environ=os.environ):
 # NumPy's BLAS (OpenBLAS) keeps its worker threads spinning for 2^28 cycles
 # (about 0.1 s) after each matrix product, so that the next one starts a few
 # microseconds sooner. minclip's blocked passes run between the products, on
-# threads of their own, and spinning workers take their cores. Measured in one
-# process on 2 cores, a training step of a 256-wide ViT at batch 128 (median
-# of 12-15 steps): 2572 ms with the default spin, 2032 ms with 2^12 cycles;
-# the plain path, which starts no threads, 2630 ms either way. So before NumPy
+# threads of their own, and spinning workers take their cores. Measured on 2
+# cores, a training step of a 256-wide ViT at batch 128, two runs that each
+# alternate the fast and the plain path in one process (medians of 12-15
+# steps): 2572 ms with the default spin, 2032 ms with 2^12 cycles; the plain
+# path, which starts no threads, 2630 ms either way. So before NumPy
 # loads, minclip shortens the spin to 2^12 cycles, unless the user chose a
 # value; if NumPy was loaded first, the blocked passes keep to one thread.
 BLAS_SPIN = "OPENBLAS_THREAD_TIMEOUT"

@@ -1,6 +1,6 @@
 """The NumPy fast paths compute what the plain formulas beside them compute.
 
-QuickGELU, layer norm, attention and Linear's bias take a blocked path on large
+QuickGELU, layer norm and attention take a blocked path on large
 NumPy arrays (``minclip.blocked``: row blocks in cache, spread over threads).
 Here ``blocked.BLOCK_BYTES`` is shrunk so that small inputs take that path
 in many blocks, and every output and gradient is compared with the same op
@@ -67,12 +67,6 @@ def test_layer_norm_fast_path_matches_the_plain_one(small_blocks, rng, dtype):
     w, b = rng.standard_normal(16).astype(dtype), rng.standard_normal(16).astype(dtype)
     assert_same_on_both_paths(F.layer_norm, [x, w, b], [True, True, True], rng)
     assert_same_on_both_paths(F.layer_norm, [x, w, b], [False, True, False], rng)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_linear_fast_bias_add_matches_the_plain_one(small_blocks, rng, dtype):
-    x, w, b = (rng.standard_normal(s).astype(dtype) for s in ((6, 5, 8), (7, 8), (7,)))
-    assert_same_on_both_paths(F.linear, [x, w, b], [True, True, True], rng)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -73,8 +73,9 @@ class AttentionFunction(Function):
         dV = Pᵀ g,   dP = g Vᵀ,   dS = softmax's backward of dP,   dQ = dS K / √d,   dK = dSᵀ Q / √d
 
     (dS from ``SoftmaxFunction.backward``, the course's formula). Measured
-    on 2 cores for a 256-wide ViT layer at batch 128 ((128, 4, 65, 64) each):
-    forward FWD_PLAIN -> FWD_FAST ms, backward BWD_PLAIN -> BWD_FAST ms.
+    with benchmarks/bench_fast_paths.py on 2 cores for a 256-wide ViT layer at
+    batch 128 (q, k, v (128, 4, 65, 64)), forward + backward: 72.0 -> 41.1 ms
+    (PyTorch's fused ``scaled_dot_product_attention``: 35.4 ms).
     """
 
     def forward(self, q, k, v, mask):

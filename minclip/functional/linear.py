@@ -1,5 +1,5 @@
 """Affine maps and lookups: ``linear`` (y = x Wᵀ + b) and ``embedding`` (rows of a table)."""
-from minclip import backend, blocked
+from minclip import backend
 from minclip.backend import array_module
 from minclip.tensor import Function, Tensor
 
@@ -18,7 +18,7 @@ class LinearFunction(Function):
         self.x, self.weight = x, weight
         out = x.reshape(-1, x.shape[-1]) @ weight.T                  # (N, out), N = all leading axes
         if bias is not None:
-            add_bias(out, bias)
+            out += bias
         return out.reshape(*x.shape[:-1], weight.shape[0])           # (..., out)
 
     def backward(self, g):
@@ -31,18 +31,6 @@ class LinearFunction(Function):
         gb = g2.sum(axis=0) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
         return gx, gw, gb
         # END EXERCISE
-
-
-def add_bias(out, bias):
-    """out += bias on every row of ``out`` (N, out); for a large output, over row blocks spread
-    over threads (``minclip.blocked``): a ViT-256 step adds biases to some 450 MB of outputs."""
-    if not blocked.worth_it(out):
-        out += bias
-        return
-
-    def kernel(rows):
-        rows += bias
-    blocked.over_rows(kernel, out)
 
 
 def linear(x, weight, bias=None):
