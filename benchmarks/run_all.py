@@ -4,7 +4,8 @@
 
 Runs, each in its own process: bench_train_step.py, bench_inference.py,
 bench_reference.py (against transformers.CLIPModel and open_clip's
-ModifiedResNet), bench_scaling.py and bench_components.py (``--tokenizer``
+ModifiedResNet), bench_scaling.py (against the twin, then against
+CLIPModel), bench_components.py and bench_fast_paths.py (``--tokenizer``
 adds bench_tokenizer.py), then prints one table of the targeted numbers with
 their targets (the median ratio decides; the ratio of the fastest calls is
 printed beside it), and writes benchmarks/results/summary.json (the machine,
