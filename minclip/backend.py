@@ -22,6 +22,7 @@ Everything that *differs* between NumPy and CuPy lives here, once:
 scatter-add (``np.add.at`` vs ``cupyx.scatter_add``), sliding-window views
 (stride tricks), random number generation, and host copies (``to_numpy``).
 """
+import contextlib
 import math
 import os
 
@@ -228,7 +229,8 @@ def sliding_window_view(x, window_shape, axis):
 _plain_only = False
 
 
-class plain_paths:
+@contextlib.contextmanager
+def plain_paths():
     """Context manager: every op runs its plain formula, none of the fast paths beside it.
 
     Several ops keep a fast path next to their plain (course) formula: fused
@@ -237,14 +239,12 @@ class plain_paths:
     under this switch, and the tests of an exercise run under it, so that
     they grade the learner's formula and not the fast path beside it.
     """
-
-    def __enter__(self):
-        global _plain_only
-        self._previous, _plain_only = _plain_only, True
-
-    def __exit__(self, *exc):
-        global _plain_only
-        _plain_only = self._previous
+    global _plain_only
+    previous, _plain_only = _plain_only, True
+    try:
+        yield
+    finally:
+        _plain_only = previous
 
 
 def fast_paths():
