@@ -33,7 +33,9 @@ SUITE = [("train_step", "bench_train_step.py", ["--reps", "3"]),
          ("inference", "bench_inference.py", ["--reps", "3"]),
          ("reference", "bench_reference.py", ["--reps", "3"]),
          ("scaling", "bench_scaling.py", ["--reps", "2"]),
-         ("components", "bench_components.py", ["--reps", "5"])]
+         ("scaling_clipmodel", "bench_scaling.py", ["--reps", "2", "--against", "clipmodel"]),
+         ("components", "bench_components.py", ["--reps", "5"]),
+         ("fast_paths", "bench_fast_paths.py", ["--reps", "7"])]
 
 # (what, results file, case, value, target): ratios minclip / reference, medians on the same machine.
 # Against the libraries a user would pick (issue 15): CLIPModel and open_clip; the rest against the twin.
