@@ -46,19 +46,20 @@ def worth_it(array):
             and array.nbytes >= 2 * BLOCK_BYTES and not getattr(_inside, "active", False))
 
 
-def over_rows(kernel, *arrays):
+def over_rows(kernel, *arrays, threaded=True):
     """``kernel(*blocks)`` for every block of rows of ``arrays``; the list of what it returned, in row order.
 
     ``arrays`` are 2-D with the same number of rows (a per-row statistic is
     (N, 1); a None stays None); each call gets the same rows of every one. The kernel writes its
     row results into blocks of output arrays passed among ``arrays`` (the
     blocks are views) and returns whatever is per block, such as a partial
-    column sum, or None.
+    column sum, or None. ``threaded=False`` runs the blocks in this thread
+    (see ``one_thread_product``).
     """
     rows = len(arrays[0])
     step = max(1, BLOCK_BYTES // max(1, arrays[0][:1].nbytes))
     starts = list(range(0, rows, step))
-    threads = min(pool_threads(), len(starts))
+    threads = min(pool_threads(), len(starts)) if threaded else 1
 
     def run(share):                        # one thread's consecutive blocks
         _inside.active = True
@@ -72,6 +73,16 @@ def over_rows(kernel, *arrays):
     per_thread = -(-len(starts) // threads)
     shares = [starts[i:i + per_thread] for i in range(0, len(starts), per_thread)]
     return [result for part in _executor().map(run, shares) for result in part]
+
+
+def one_thread_product(m, n, k):
+    """Whether OpenBLAS computes an (m, k) @ (k, n) product on one thread: its thread count is
+    m·n·k / (4 · 65536) rounded down (GEMM_MULTITHREAD_THRESHOLD times SMP_THRESHOLD_MIN), so
+    one below 2 · 4 · 65536. A kernel that multiplies larger matrices must not run in several
+    of these threads: OpenBLAS would split each product over its own threads too, and two
+    callers then wait on each other (measured: the attention of a ViT step at 145 tokens took
+    6.6 s in threads against 0.2 s in one)."""
+    return m * n * k < 2 * 4 * 65536
 
 
 def each(fn, items, array):

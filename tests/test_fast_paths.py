@@ -147,3 +147,11 @@ def test_optimizer_updates_spread_over_threads_match_the_plain_loop(rng, monkeyp
         results.append([p.data for p in params])
     for threaded, plain in zip(*results):
         np.testing.assert_array_equal(threaded, plain)
+
+
+def test_attention_keeps_products_that_blas_would_split_out_of_the_threads(rng):
+    small = AttentionFunction()
+    small.q, small.v = np.zeros((2, 4, 65, 64)), np.zeros((2, 4, 65, 64))      # 65·65·64: one BLAS thread
+    large = AttentionFunction()
+    large.q, large.v = np.zeros((2, 4, 145, 64)), np.zeros((2, 4, 145, 64))    # 145·145·64: several
+    assert small.threaded() and not large.threaded()

@@ -91,7 +91,7 @@ class AttentionFunction(Function):
                 pb += mask
             softmax_in_place(pb)
             lib.matmul(pb, vb, out=ob)
-        blocked.over_rows(kernel, q, k, v, self.p, out)
+        blocked.over_rows(kernel, q, k, v, self.p, out, threaded=self.threaded())
         return out
 
     def backward(self, g):
@@ -108,8 +108,13 @@ class AttentionFunction(Function):
                 lib.matmul(d_scores, kb, out=gq)
             if gk is not None:
                 lib.matmul(d_scores.swapaxes(-1, -2), qb, out=gk)
-        blocked.over_rows(kernel, g, self.q, self.k, self.v, self.p, *grads)
+        blocked.over_rows(kernel, g, self.q, self.k, self.v, self.p, *grads, threaded=self.threaded())
         return tuple(grads)
+
+    def threaded(self):
+        """Whether the blocks may go to threads: only while each head's products stay on one BLAS thread."""
+        (Tq, d), (Tk, dv) = self.q.shape[-2:], self.v.shape[-2:]
+        return blocked.one_thread_product(Tq, Tk, max(d, dv))
 
 
 def softmax_backward(y, g):
