@@ -4,8 +4,8 @@
 
 Runs, each in its own process: bench_train_step.py, bench_inference.py,
 bench_reference.py (against transformers.CLIPModel and open_clip's
-ModifiedResNet), bench_scaling.py (against the twin, then against
-CLIPModel), bench_components.py and bench_fast_paths.py (``--tokenizer``
+ModifiedResNet), bench_scaling.py (against the twin and against CLIPModel),
+bench_components.py and bench_fast_paths.py (``--tokenizer``
 adds bench_tokenizer.py), then prints one table of the targeted numbers with
 their targets (the median ratio decides; the ratio of the fastest calls is
 printed beside it), and writes benchmarks/results/summary.json (the machine,
@@ -33,7 +33,6 @@ SUITE = [("train_step", "bench_train_step.py", ["--reps", "3"]),
          ("inference", "bench_inference.py", ["--reps", "3"]),
          ("reference", "bench_reference.py", ["--reps", "3"]),
          ("scaling", "bench_scaling.py", ["--reps", "2"]),
-         ("scaling_clipmodel", "bench_scaling.py", ["--reps", "2", "--against", "clipmodel"]),
          ("components", "bench_components.py", ["--reps", "5"]),
          ("fast_paths", "bench_fast_paths.py", ["--reps", "7"])]
 
