@@ -12,20 +12,18 @@ alone:
 * the blocks are shared among ``threads.pool_threads()`` threads. NumPy
   releases Python's lock inside its loops, so the threads really run at once.
 
-Measured with benchmarks/bench_fast_paths.py on 2 cores, forward + backward
-at the sizes of a 256-wide ViT at batch 128: QuickGELU on (8320, 1024)
-119.2 -> 63.9 ms, layer norm on (8320, 256) 32.6 -> 24.6 ms, attention
-72.0 -> 41.1 ms, an AdamW step (``each``) 51.0 -> 45.9 ms. The threads pay
-only when NumPy's BLAS threads do not spin between products (threads.py).
+Measured with benchmarks/bench_fast_paths.py on 2 cores (results/fast_paths.json),
+forward + backward at the sizes of a 256-wide ViT at batch 128: QuickGELU on
+(8320, 1024) 72.7 -> 43.9 ms, layer norm on (8320, 256) 15.8 -> 11.1 ms,
+attention 41.3 -> 29.5 ms, an AdamW step (``each``) 31.3 -> 21.0 ms. The
+threads pay only when NumPy's BLAS threads do not spin between products
+(threads.py).
 
 Each block's result depends only on its own rows, and partial results (the
 column sums of a backward) come back in row order, so the answer does not
 depend on the number of threads. Ops use this only on NumPy, for arrays of at
 least two blocks, outside ``backend.plain_paths()``: see ``worth_it``.
 """
-import copy
-import functools
-import operator
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -102,34 +100,3 @@ def _executor():
 
 # A child made by fork() inherits the pool object but not its threads: it makes its own.
 os.register_at_fork(after_in_child=_pool.clear)
-
-
-def backward_over_rows(fn, g, **saved):
-    """A Function's own ``backward`` (its plain formula) run on blocks of rows of ``g``.
-
-    For ops that work row by row (layer norm, softmax over the last axis):
-    ``saved`` names the attributes of ``fn`` that hold one row per row of g
-    (x̂, 1/σ, y ...). Each block runs ``fn.backward`` on a shallow copy of fn
-    whose saved arrays are that block's rows, so the course's formula is the
-    one that runs, with its temporaries in cache. The first gradient (the
-    input's, shaped like g) is put together in row order; the others
-    (parameter gradients: sums over the rows) are added up over the blocks,
-    in row order.
-    """
-    lib, D = backend.array_module(g), g.shape[-1]
-    g2 = g.reshape(-1, D)                                              # (N, D)
-    rows = [value.reshape(len(g2), -1) for value in saved.values()]    # (N, ·) each
-    gx = lib.empty_like(g2)
-
-    def kernel(gb, out, *saved_blocks):
-        part = copy.copy(fn)
-        part.__dict__.update(zip(saved, saved_blocks))
-        first, *rest = part.backward(gb)
-        if first is not None:
-            out[...] = first
-        return rest
-
-    blocks = over_rows(kernel, g2, gx, *rows)
-    sums = [None if blocks[0][i] is None else functools.reduce(operator.add, (b[i] for b in blocks))
-            for i in range(len(blocks[0]))]
-    return (gx.reshape(g.shape) if fn.needs_grad[0] else None, *sums)
