@@ -7,8 +7,14 @@ in many blocks, and every output and gradient is compared with the same op
 under ``backend.plain_paths()``. Tolerances: float64 1e-12 relative (the two
 paths group sums differently: a few roundings); float32 2e-6 relative to the
 largest entry (a few float32 roundings, on values of order 1). The fast
-attention node is also gradient-checked on its own.
+attention node is also gradient-checked on its own, and the threads the
+blocked passes take are checked against how NumPy's BLAS was loaded.
 """
+import os
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -155,3 +161,20 @@ def test_attention_keeps_products_that_blas_would_split_out_of_the_threads(rng):
     large = AttentionFunction()
     large.q, large.v = np.zeros((2, 4, 145, 64)), np.zeros((2, 4, 145, 64))    # 145·145·64: several
     assert small.threaded() and not large.threaded()
+
+
+def run_python(code, **environ):
+    """``code`` in a fresh interpreter from the project root, with OPENBLAS_THREAD_TIMEOUT unset."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=pathlib.Path(__file__).parent.parent, env={**env, "OMP_NUM_THREADS": "2", **environ})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_minclip_loaded_before_numpy_shortens_the_blas_spin_and_uses_threads():
+    report = ("import os; from minclip import threads; "
+              "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), threads.pool_threads())")
+    assert run_python("import minclip; " + report) == ["12", "2"]
+    assert run_python("import minclip; " + report, OPENBLAS_THREAD_TIMEOUT="20") == ["20", "2"]   # the user's choice
+    assert run_python("import numpy, minclip; " + report) == ["None", "1"]   # too late to change NumPy's BLAS
