@@ -7,8 +7,9 @@ cache-sized row blocks spread over threads) beside their plain formula, the
 one the course asks for; ``backend.plain_paths()`` turns the fast paths off.
 Each case runs one op, forward and backward, at the size it has in the
 "vit-256 step" of bench_reference.py (a 256-wide ViT at batch 128: 8320
-tokens), three ways: fast, plain, and PyTorch's own op. The plain and
-PyTorch results are checked against the fast one first. Reported: medians of
+tokens) or, for the convolutions, in the ResNet cases, three ways: fast,
+plain, and PyTorch's own op. The plain and PyTorch results are checked
+against the fast one first. Reported: medians of
 ``--reps`` alternating calls and their ratios. Results:
 benchmarks/results/fast_paths.json.
 """
@@ -88,6 +89,12 @@ CASES = {
                                    [(TOKENS, WIDTH), (WIDTH,), (WIDTH,)])),
     "attention": ("scaled_dot_product_attention, q, k, v (128, 4, 65, 64)", attention_case),
     "AdamW step": ("AdamW over the vit-256 step's parameters", adamw_case),
+    "conv 3x3": ("conv2d 3×3, x (64, 64, 16, 16): the rn tower step's layer2",
+                 lambda: op_case(lambda x, w: F.conv2d(x, w, padding=1),
+                                 lambda x, w: torch.nn.functional.conv2d(x, w, padding=1),
+                                 [(64, 64, 16, 16), (64, 64, 3, 3)])),
+    "conv 1x1": ("conv2d 1×1, x (8, 64, 56, 56) to 256 channels: RN50's layer1",
+                 lambda: op_case(F.conv2d, torch.nn.functional.conv2d, [(8, 64, 56, 56), (256, 64, 1, 1)])),
 }
 
 
