@@ -27,8 +27,7 @@ A model trained with its own tokenizer keeps it next to the weights, in
 import json
 import os
 
-import numpy
-
+from minclip.backend import array_module
 from minclip.model.config import CLIPConfig
 from minclip.safetensors_io import WeightsFileError, read_tensors, write_tensors
 
@@ -103,7 +102,8 @@ def hf_to_openai(hf):
         out[ours] = take(theirs).T                                            # (out, in) -> (in, out)
     for theirs, ours in _attention_layers(*layers):
         for p in ("weight", "bias"):
-            out[f"{ours}in_proj_{p}"] = numpy.concatenate([take(f"{theirs}{n}_proj.{p}") for n in "qkv"])
+            q, k, v = (take(f"{theirs}{n}_proj.{p}") for n in "qkv")
+            out[f"{ours}in_proj_{p}"] = array_module(q).concatenate([q, k, v])
     left = sorted(set(hf) - used)
     if left:
         raise KeyError(f"{left[0]!r} is not part of a CLIPModel that minclip can hold "
@@ -117,7 +117,8 @@ def openai_to_hf(state_dict, vision_layers, text_layers):
     out.update((theirs, state_dict[ours].T) for theirs, ours in _TRANSPOSED)
     for theirs, ours in _attention_layers(vision_layers, text_layers):
         for p in ("weight", "bias"):
-            for name, part in zip("qkv", numpy.split(state_dict[f"{ours}in_proj_{p}"], 3)):
+            stacked = state_dict[f"{ours}in_proj_{p}"]
+            for name, part in zip("qkv", array_module(stacked).split(stacked, 3)):
                 out[f"{theirs}{name}_proj.{p}"] = part
     return out
 
