@@ -81,6 +81,15 @@ def adamw_case():
     return ours_opt.step, plain, theirs_opt.step
 
 
+def batch_norm_in_training(fn):
+    """fn(x, weight, bias) in training mode, on fresh running statistics at every call."""
+    def run(x, weight, bias):
+        lib = np if isinstance(x, Tensor) else torch
+        running = (lib.zeros(weight.shape[0], dtype=lib.float32), lib.ones(weight.shape[0], dtype=lib.float32))
+        return fn(x, *running, weight, bias, training=True)
+    return run
+
+
 CASES = {
     "QuickGELU": ("quick_gelu on (8320, 1024): the MLP's hidden layer",
                   lambda: op_case(F.quick_gelu, lambda x: x * torch.sigmoid(1.702 * x), [(TOKENS, 4 * WIDTH)])),
@@ -93,6 +102,10 @@ CASES = {
                  lambda: op_case(lambda x, w: F.conv2d(x, w, padding=1),
                                  lambda x, w: torch.nn.functional.conv2d(x, w, padding=1),
                                  [(64, 64, 16, 16), (64, 64, 3, 3)])),
+    "batch norm": ("batch_norm in training, x (64, 128, 16, 16): the rn tower step's layer2",
+                   lambda: op_case(batch_norm_in_training(F.batch_norm), batch_norm_in_training(
+                       lambda x, rm, rv, w, b, training: torch.nn.functional.batch_norm(x, rm, rv, w, b, training)),
+                       [(64, 128, 16, 16), (128,), (128,)])),
     "conv 1x1": ("conv2d 1×1, x (8, 64, 56, 56) to 256 channels: RN50's layer1",
                  lambda: op_case(F.conv2d, torch.nn.functional.conv2d, [(8, 64, 56, 56), (256, 64, 1, 1)])),
 }

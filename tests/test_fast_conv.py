@@ -86,3 +86,24 @@ def test_the_input_gradient_as_a_convolution_is_col2im(kernel, padding, dilation
 def test_the_input_gradient_of_a_strided_or_overpadded_convolution_stays_col2im():
     assert not conv.input_gradient_is_a_convolution((3, 3), (2, 2), (1, 1), (1, 1))
     assert not conv.input_gradient_is_a_convolution((3, 3), (1, 1), (3, 3), (1, 1))   # p > d·(k - 1)
+
+
+# ------------------------------------------------------------ batch norm
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_two_pass_statistics_are_the_plain_ones(dtype):
+    """The fast path of batch_statistics: the same batch statistics, running estimates and gradients."""
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((4, 3, 5, 6)) * 0.5 + 3).astype(dtype)
+    w, b = rng.standard_normal(3).astype(dtype), rng.standard_normal(3).astype(dtype)
+    running = {}
+
+    def op(t, u, v):
+        running["mean"], running["var"] = np.zeros(3, dtype), np.ones(3, dtype)
+        return F.batch_norm(t, running["mean"], running["var"], u, v, training=True)
+    assert_fast_is_plain(op, [x, w, b], dtype)
+    fast = dict(running)
+    with backend.plain_paths():
+        op(Tensor(x), Tensor(w), Tensor(b))
+    for name in ("mean", "var"):
+        np.testing.assert_allclose(fast[name], running[name], rtol=0, atol=TOLERANCE[dtype] * np.abs(running[name]).max())

@@ -18,6 +18,7 @@ whole global batch, or N ranks would not train the model one process would.
 The per-channel sums are all-reduced over the ranks in forward (Σx, then
 Σ(x - mean)²) and in backward (Σg·x̂ and Σg).
 """
+from minclip import backend
 from minclip.backend import array_module
 from minclip.tensor import Function, Tensor
 
@@ -44,22 +45,51 @@ def batch_statistics(x, running_mean, running_var, momentum):
     # END EXERCISE
 
 
-def synced_batch_statistics(x, running_mean, running_var, momentum, comm):
-    """``batch_statistics`` over the global batch: the slices x (N_r, C, H, W) of every rank.
+def channel_sums(a):
+    """Σ over N, H, W of a (N, C, H, W) -> (C,), in a's dtype: over each image's H·W first, then over N.
 
-    Two all-reduces of per-channel sums, (Σx, count) and then Σ(x - mean)²:
-    the two-pass variance, as accurate as one process's (the one-pass
-    Σx² - n·mean² cancels badly in float32). The running estimates are
-    updated as in ``batch_statistics``, with n the global count (travelling
-    in x's dtype: exact up to 2²⁴ values per channel in float32, rounded by
-    less than 1e-7 relative beyond).
+    The same sum as ``a.sum(axis=(0, 2, 3))``, about twice as fast on NumPy:
+    each row of H·W numbers is contiguous, and summing a contiguous row is
+    NumPy's fastest reduction (pairwise, so float32 rounds little). The N
+    partial sums per channel are added in float64, as PyTorch accumulates
+    batch statistics on the CPU: N numbers added one after another in
+    float32 would lose up to N roundings, and a channel whose mean is far
+    larger than its spread passes that error on to every normalized value.
     """
-    lib, axes, C = array_module(x), (0, 2, 3), x.shape[1]
+    N, C = a.shape[:2]
+    return a.reshape(N, C, -1).sum(axis=2).sum(axis=0, dtype="float64").astype(a.dtype)
+
+
+def channel_dots(a, b):
+    """Σ over N, H, W of a · b, for a and b (N, C, H, W) -> (C,), without an a · b array
+    (one dot product per image and channel, then their sum over N as in ``channel_sums``)."""
+    N, C = a.shape[:2]
+    dots = array_module(a).einsum("nck,nck->nc", a.reshape(N, C, -1), b.reshape(N, C, -1))   # (N, C)
+    return dots.sum(axis=0, dtype="float64").astype(a.dtype)
+
+
+def two_pass_statistics(x, running_mean, running_var, momentum, comm=None):
+    """``batch_statistics`` in two passes of per-channel sums, (Σx, count) and then Σ(x - mean)²;
+    with ``comm``, over the global batch: the slices x (N_r, C, H, W) of every rank.
+
+    Synchronised, each pass is one all-reduce: the two-pass variance is as
+    accurate as one process's (the one-pass Σx² - n·mean² cancels badly in
+    float32). The running estimates are updated as in ``batch_statistics``,
+    with n the global count (travelling in x's dtype: exact up to 2²⁴ values
+    per channel in float32, rounded by less than 1e-7 relative beyond).
+    Without ``comm`` it is the fast path of ``batch_statistics``: the same
+    numbers from ``channel_sums`` and ``channel_dots``, which NumPy's
+    ``mean`` and ``var`` over (0, 2, 3) take about three times as long to
+    compute (3 passes over x instead of 6 or more, each reduction contiguous).
+    """
+    lib, C = array_module(x), x.shape[1]
+    allreduce = (lambda a: a) if comm is None else comm.allreduce
     local_count = lib.asarray([x.size // C], dtype=x.dtype)
-    sums = comm.allreduce(lib.concatenate([x.sum(axis=axes), local_count]))  # (C + 1,)
+    sums = allreduce(lib.concatenate([channel_sums(x), local_count]))          # (C + 1,)
     n = int(sums[-1])
     mean = sums[:C] / n                                                      # (C,)
-    var = comm.allreduce(((x - mean.reshape(1, -1, 1, 1)) ** 2).sum(axis=axes)) / n   # (C,)
+    centred = x - mean.reshape(1, -1, 1, 1)                                  # (N, C, H, W)
+    var = allreduce(channel_dots(centred, centred)) / n                      # (C,)
     running_mean *= 1 - momentum
     running_mean += momentum * mean
     running_var *= 1 - momentum
@@ -104,11 +134,10 @@ class BatchNormFunction(Function):
         return out
 
     def backward(self, g):
-        axes, per_channel = (0, 2, 3), (1, -1, 1, 1)
-        xhat = self.x - self.mean.reshape(per_channel)                     # recomputed x̂
-        xhat *= self.rstd.reshape(per_channel)
-        gw = (g * xhat).sum(axis=axes)                                     # (C,)
-        gb = g.sum(axis=axes)                                              # (C,)
+        per_channel = (1, -1, 1, 1)
+        centred = self.x - self.mean.reshape(per_channel)                   # x - mean = x̂ / rstd
+        gb = channel_sums(g)                                               # (C,) Σ g
+        gw = channel_dots(g, centred) * self.rstd                          # (C,) Σ g · x̂
         gx = None
         if self.needs_grad[0] and self.batch_stats:
             n, sum_gw, sum_gb = g.size // g.shape[1], gw, gb
@@ -116,9 +145,13 @@ class BatchNormFunction(Function):
                 C, lib = gw.shape[0], array_module(g)
                 total = self.comm.allreduce(lib.concatenate([gw, gb, lib.asarray([n], dtype=gw.dtype)]))
                 sum_gw, sum_gb, n = total[:C], total[C:2 * C], int(total[-1])
-            gx = g - (sum_gb / n).reshape(per_channel)
-            gx -= xhat * (sum_gw / n).reshape(per_channel)
-            gx *= self.scale
+            # dx = scale · (g - Σg / n - x̂ · Σgx̂ / n), with x̂ = centred · rstd, as
+            # g · scale + (centred · k + c): two per-channel constants, no more full-size arrays
+            scale = self.scale.reshape(-1)
+            centred *= (-scale * self.rstd * sum_gw / n).reshape(per_channel)
+            centred -= (scale * sum_gb / n).reshape(per_channel)
+            gx = g * self.scale
+            gx += centred
         elif self.needs_grad[0]:
             gx = g * self.scale
         return gx, gw, gb
@@ -141,8 +174,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
                          f"{x.shape}, running_mean {running_mean.shape}, running_var {running_var.shape}")
     if training and x.size // C < 2:
         raise ValueError(f"batch_norm: training needs more than one value per channel, got input {x.shape}")
-    if training and comm is not None:
-        mean, var = synced_batch_statistics(x.data, running_mean, running_var, momentum, comm)
+    if training and (comm is not None or backend.fast_paths()):
+        mean, var = two_pass_statistics(x.data, running_mean, running_var, momentum, comm)
     elif training:
         mean, var = batch_statistics(x.data, running_mean, running_var, momentum)
     else:
