@@ -78,18 +78,20 @@ def two_pass_statistics(x, running_mean, running_var, momentum, comm=None):
     with n the global count (travelling in x's dtype: exact up to 2²⁴ values
     per channel in float32, rounded by less than 1e-7 relative beyond).
     Without ``comm`` it is the fast path of ``batch_statistics``: the same
-    numbers from ``channel_sums`` and ``channel_dots``, which NumPy's
-    ``mean`` and ``var`` over (0, 2, 3) take about three times as long to
-    compute (3 passes over x instead of 6 or more, each reduction contiguous).
+    numbers from ``channel_sums`` and ``channel_dots``, 0.5-0.7 of the time of
+    NumPy's ``mean`` and ``var`` over (0, 2, 3) (measured on 2 cores: 3.8 -> 2.4 ms
+    for x (64, 128, 16, 16), 15.2 -> 10.5 ms for (8, 256, 56, 56)): three passes
+    over x, each reduction along contiguous rows.
     """
     lib, C = array_module(x), x.shape[1]
-    allreduce = (lambda a: a) if comm is None else comm.allreduce
-    local_count = lib.asarray([x.size // C], dtype=x.dtype)
-    sums = allreduce(lib.concatenate([channel_sums(x), local_count]))          # (C + 1,)
-    n = int(sums[-1])
-    mean = sums[:C] / n                                                      # (C,)
+    sums, n = channel_sums(x), x.size // C                                   # (C,), this rank's count
+    if comm is not None:                     # the global sums and count (one device->host copy: n)
+        total = comm.allreduce(lib.concatenate([sums, lib.asarray([n], dtype=x.dtype)]))
+        sums, n = total[:C], int(total[-1])
+    mean = sums / n                                                          # (C,)
     centred = x - mean.reshape(1, -1, 1, 1)                                  # (N, C, H, W)
-    var = allreduce(channel_dots(centred, centred)) / n                      # (C,)
+    squares = channel_dots(centred, centred)                                 # (C,)
+    var = (squares if comm is None else comm.allreduce(squares)) / n         # (C,)
     running_mean *= 1 - momentum
     running_mean += momentum * mean
     running_var *= 1 - momentum
