@@ -92,6 +92,15 @@ def cases():
            *step_functions(norm, twins(norm, torch.nn.LayerNorm(256)), (64, 50, 256)))
 
 
+# A pause before each timed call. Both libraries' worker threads keep spinning for a while
+# after a call returns (PyTorch's OpenMP threads for milliseconds), and a call of the other
+# library that starts meanwhile shares the cores with them. Measured on 2 cores, alternating
+# a (8320, 256) @ (256, 256) product of each: NumPy's took 10.4 ms right after PyTorch's and
+# 7.1 ms after a 20 ms pause (PyTorch's: 5.2 and 6.1 ms). A program that uses one library
+# never pays this, so the pause keeps it out of the ratios.
+PAUSE_S = 0.02
+
+
 def measure(ours, theirs, reps, warmup=2):
     """Seconds per step of each, alternating the two: {"minclip": [...], "torch": [...]}."""
     for _ in range(warmup):
@@ -99,6 +108,7 @@ def measure(ours, theirs, reps, warmup=2):
     times = {"minclip": [], "torch": []}
     for _ in range(reps):
         for name, step in (("minclip", ours), ("torch", theirs)):
+            time.sleep(PAUSE_S)
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)
