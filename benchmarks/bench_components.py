@@ -10,6 +10,8 @@ both sides, float32:
 * softmax over attention scores, and cross-entropy over a (4096, 1024) batch of logits;
 * the backward of the 49,408 × 512 token embedding for 64 captions of 77
   tokens (a scatter-add into a dense gradient, as PyTorch's default);
+* the matrix products of the ViT step's Linear layers (8320 tokens: q/k/v,
+  output, MLP in and out; forward, dx and dW), the floor under its ratio;
 * one AdamW step and one gradient-norm clipping over the 9.9M parameters of
   the 256-wide ViT (bench_train_step.py's "vit-256x6").
 
@@ -73,6 +75,18 @@ def embedding_case():
     return forward_backward(F.embedding, lambda w, i: torch.nn.functional.embedding(i, w), table, ids)
 
 
+def linear_products_case():
+    """The Linear layers of the ViT step's vision tower (8320 tokens, width 256): q/k/v, output,
+    MLP in and out, forward and backward into x and W: its twelve matrix products, no bias."""
+    rng = np.random.default_rng(0)
+    steps = [forward_backward(F.linear, torch.nn.functional.linear,
+                              rng.standard_normal((8320, n_in), dtype=np.float32),
+                              rng.standard_normal((n_out, n_in), dtype=np.float32) * np.float32(n_in ** -0.5),
+                              differentiate=(0, 1))
+             for n_in, n_out in [(256, 768), (256, 256), (256, 1024), (1024, 256)]]
+    return (lambda: [ours() for ours, _ in steps]), (lambda: [theirs() for _, theirs in steps])
+
+
 def parameter_pairs():
     """The vit-256x6 parameters with fixed random gradients, as minclip Parameters and torch tensors."""
     backend.seed(0)
@@ -110,6 +124,8 @@ CASES = {
     "softmax": ("softmax over scores (64, 8, 77, 77), forward + backward", softmax_case),
     "cross-entropy": ("cross_entropy, logits (4096, 1024), forward + backward", cross_entropy_case),
     "embedding backward": ("Embedding(49408, 512), ids (64, 77), forward + backward", embedding_case),
+    "Linear products": ("linear at the ViT step's 4 shapes, x (8320, 256 or 1024), forward + backward",
+                        linear_products_case),
     "AdamW step": ("AdamW over 9.9M parameters (vit-256x6), one step", adamw_case),
     "clip_grad_norm_": ("gradient norm over 9.9M parameters (vit-256x6)", clipping_case),
 }
