@@ -186,9 +186,9 @@ class Conv2dFunction(Function):
 
     That is im2col of g and one product, where the plain way is one product
     with a (C·kh·kw, N·Ho·Wo) result and col2im's kh·kw strided additions.
-    Measured forward of the input gradient, 2 cores: the ResNet tower's 3×3
-    layers 0.6-0.9 of the plain time (64 channels on 16×16 maps, batch 64:
-    17.3 -> 15.7 ms; 256 on 4×4: 18.9 -> 12.6 ms).
+    Measured, the input gradient alone on 2 cores: 0.6-0.9 of the plain time
+    on the ResNet tower's 3×3 layers (64 channels on 16×16 maps, batch 64:
+    17.3 -> 15.7 ms; 256 channels on 4×4 maps: 18.9 -> 12.6 ms).
     """
 
     def forward(self, x, weight, bias=None, *, stride, padding, dilation):
