@@ -102,7 +102,7 @@ CASES = {
                  lambda: op_case(lambda x, w: F.conv2d(x, w, padding=1),
                                  lambda x, w: torch.nn.functional.conv2d(x, w, padding=1),
                                  [(64, 64, 16, 16), (64, 64, 3, 3)])),
-    "batch norm": ("batch_norm in training, x (64, 128, 16, 16): the rn tower step's layer2",
+    "batch norm": ("batch_norm in training, x (64, 128, 16, 16): the rn tower step's layer1 output",
                    lambda: op_case(batch_norm_in_training(F.batch_norm), batch_norm_in_training(
                        lambda x, rm, rv, w, b, training: torch.nn.functional.batch_norm(x, rm, rv, w, b, training)),
                        [(64, 128, 16, 16), (128,), (128,)])),

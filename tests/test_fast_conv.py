@@ -1,8 +1,10 @@
 """The ResNet ops' fast paths against their plain formulas (``backend.plain_paths``).
 
-Average pooling's tiled path computes the same sums in another order, so
-forward and every gradient must agree to rounding: 1e-12 of the largest entry
-in float64, 1e-5 in float32.
+Average pooling's tiled path, a 1×1 convolution as one product per image, a
+stride-1 convolution's input gradient as a convolution of g, and batch norm's
+two-pass statistics compute the same sums in another order, so forward and
+every gradient must agree to rounding: 1e-12 of the largest entry in float64,
+1e-5 in float32. The convolution cases also assert that their fast path is taken.
 """
 import numpy as np
 import pytest
